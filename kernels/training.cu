@@ -1,0 +1,68 @@
+// The rest of a training step on the GPU: embedding backward and softmax + cross-entropy.
+#include "common.cuh"
+
+// dW[ids[m], :] += dout[m, :]. Repeated ids collide, so the adds are atomic
+// (cupy.scatter_add, which the book used, no longer exists).
+template <typename T>
+__global__ void embedding_scatter_add(T* __restrict__ dW, const int* __restrict__ ids,
+                                      const T* __restrict__ dout, long long M, int D) {
+    GRID_STRIDE(k, M * D) {
+        long long m = k / D, d = k % D;
+        atomicAdd(dW + (long long)ids[m] * D + d, dout[k]);
+    }
+}
+
+// One block of SOFTMAX_THREADS threads per row. Each row's softmax, its loss
+// -log p[label] / count and its gradient (p - onehot) / count in one kernel; rows with
+// label -1 are skipped (zero loss, zero gradient). count = number of labels != -1.
+#define SOFTMAX_THREADS 256
+
+template <typename T>
+__device__ T block_reduce(T* buf, T value, bool take_max) {
+    buf[threadIdx.x] = value;
+    __syncthreads();
+    for (int half = SOFTMAX_THREADS / 2; half > 0; half /= 2) {
+        if (threadIdx.x < half) {
+            T other = buf[threadIdx.x + half];
+            buf[threadIdx.x] = take_max ? max(buf[threadIdx.x], other) : buf[threadIdx.x] + other;
+        }
+        __syncthreads();
+    }
+    T result = buf[0];
+    __syncthreads();  // buf is reused by the next reduction
+    return result;
+}
+
+template <typename T>
+__global__ void softmax_cross_entropy(const T* __restrict__ scores, const int* __restrict__ labels,
+                                      const int* __restrict__ count, T* __restrict__ dscores,
+                                      T* __restrict__ row_loss, int V) {
+    __shared__ T buf[SOFTMAX_THREADS];
+    long long row = blockIdx.x;
+    const T* s = scores + row * V;
+    T* d = dscores + row * V;
+    int label = labels[row];
+    if (label == -1) {
+        for (int v = threadIdx.x; v < V; v += SOFTMAX_THREADS) d[v] = T(0);
+        if (threadIdx.x == 0) row_loss[row] = T(0);
+        return;
+    }
+    T top = s[0];  // any element of the row is a valid start for the max
+    for (int v = threadIdx.x; v < V; v += SOFTMAX_THREADS) top = max(top, s[v]);
+    top = block_reduce(buf, top, true);
+    T total = T(0);
+    for (int v = threadIdx.x; v < V; v += SOFTMAX_THREADS) {
+        T e = exp_(s[v] - top);
+        d[v] = e;
+        total += e;
+    }
+    total = block_reduce(buf, total, false);
+    T scale = T(1) / T(max(*count, 1));
+    T inv = scale / total;
+    for (int v = threadIdx.x; v < V; v += SOFTMAX_THREADS) d[v] *= inv;
+    __syncthreads();  // the label's entry is written by one thread below
+    if (threadIdx.x == 0) {
+        d[label] -= scale;
+        row_loss[row] = (log_(total) - (s[label] - top)) * scale;
+    }
+}

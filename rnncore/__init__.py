@@ -1,0 +1,26 @@
+"""rnncore: recurrent Time layers trained with (truncated) BPTT on NumPy, Numba or CuPy.
+
+    import rnncore
+    lstm = rnncore.TimeLSTM(Wx, Wh, b, backend="numba")
+    with rnncore.use("cupy"): ...
+
+Importing rnncore imports neither numba nor cupy; a backend loads on first use.
+"""
+from .backends import Backend, BackendNotAvailable, available_backends, get_backend, use
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "BackendNotAvailable",
+    "TimeAffine",
+    "TimeDropout",
+    "TimeEmbedding",
+    "TimeLSTM",
+    "TimeRNN",
+    "TimeSoftmaxWithLoss",
+    "available_backends",
+    "get_backend",
+    "use",
+]

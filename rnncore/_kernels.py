@@ -1,0 +1,71 @@
+"""Finds the hand-written kernels: ``rnncore/kernels`` when installed, ``../kernels`` in a checkout.
+
+The top-level ``kernels/`` folder is packaged as ``rnncore.kernels`` (see pyproject.toml).
+Running from a source tree with ``PYTHONPATH=.`` has no such package, so it is registered
+here from the folder beside ``rnncore/``.
+"""
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+
+PACKAGE = "rnncore.kernels"
+
+
+def _register_source_tree():
+    folder = Path(__file__).resolve().parent.parent / "kernels"
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    if spec is None or not folder.is_dir():
+        raise ImportError(f"rnncore's kernels are missing: neither {PACKAGE} nor {folder} exists")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def package():
+    """The ``rnncore.kernels`` package, wherever it lives."""
+    try:
+        return importlib.import_module(PACKAGE)
+    except ModuleNotFoundError as exc:
+        if exc.name != PACKAGE:
+            raise
+        return _register_source_tree()
+
+
+def folder():
+    return Path(package().__path__[0])
+
+
+def cuda_source(filename):
+    """Text of a CUDA C kernel file, e.g. ``cuda_source("lstm.cu")``."""
+    return (folder() / filename).read_text()
+
+
+def numba_module(name):
+    """Import a Numba kernel module, e.g. ``numba_module("lstm_numba")``."""
+    package()
+    return importlib.import_module(f"{PACKAGE}.{name}")
+
+
+# The kernel templates each CUDA file defines; each is instantiated for float and double.
+CUDA_KERNELS = {
+    "rnn.cu": ("rnn_forward_step", "rnn_backward_step"),
+    "lstm.cu": ("lstm_forward_step", "lstm_backward_step"),
+    "training.cu": ("embedding_scatter_add", "softmax_cross_entropy"),
+}
+CUDA_TYPES = {"float32": "float", "float64": "double"}
+_INCLUDE = '#include "common.cuh"'
+
+
+def cuda_module_source(filename):
+    """The file's source with common.cuh inlined (CuPy's compile cache keys on the text alone)."""
+    common = cuda_source("common.cuh").replace("#pragma once", "")
+    return cuda_source(filename).replace(_INCLUDE, common)
+
+
+def cuda_name_expressions(filename):
+    """``["lstm_forward_step<float>", "lstm_forward_step<double>", ...]`` for RawModule."""
+    return [f"{k}<{c}>" for k in CUDA_KERNELS[filename] for c in CUDA_TYPES.values()]

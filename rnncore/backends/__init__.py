@@ -1,0 +1,110 @@
+"""Backend registry: picks the backend a layer runs on, importing numba or cupy only when asked.
+
+Selection order: an explicit ``name`` argument, then the innermost ``with use(...)``
+block, then the ``RNNCORE_BACKEND`` environment variable, then ``auto`` (cupy if a CUDA
+device answers, else numba if it imports, else numpy).
+"""
+import contextlib
+import importlib
+import importlib.util
+import os
+import threading
+
+from .base import Backend, BackendError, BackendNotAvailable
+
+NAMES = ("numpy", "numba", "cupy")
+
+# name -> (module, class, how to install what it needs)
+_REGISTRY = {
+    "numpy": ("rnncore.backends.numpy_backend", "NumpyBackend", "pip install rnncore"),
+    "numba": ("rnncore.backends.numba_backend", "NumbaBackend", "pip install 'rnncore[numba]'"),
+    "cupy": (
+        "rnncore.backends.cupy_backend",
+        "CupyBackend",
+        "pip install 'rnncore[cuda12]' (CUDA 12) or 'rnncore[cuda13]' (CUDA 13)",
+    ),
+}
+_instances = {}
+_context = threading.local()
+_lock = threading.Lock()
+
+
+def get_backend(name=None):
+    """Return the backend for ``name`` (a name, a Backend, or None to follow the selection order)."""
+    if isinstance(name, Backend):
+        return name
+    if name is None:
+        name = _context_name() or os.environ.get("RNNCORE_BACKEND") or "auto"
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name or a Backend, got {type(name).__name__}")
+    name = name.strip().lower()
+    if name == "auto":
+        name = _auto_name()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(NAMES + ('auto',))}")
+    with _lock:
+        if name not in _instances:
+            _instances[name] = _create(name)
+        return _instances[name]
+
+
+@contextlib.contextmanager
+def use(name):
+    """Make ``name`` the default backend inside the ``with`` block (per thread, nestable)."""
+    backend = get_backend(name)
+    stack = _context.__dict__.setdefault("stack", [])
+    stack.append(backend.name)
+    try:
+        yield backend
+    finally:
+        stack.pop()
+
+
+def available_backends():
+    """Names of the backends that can run here, in the order auto prefers them last to first."""
+    names = ["numpy"]
+    if importlib.util.find_spec("numba") is not None:
+        names.append("numba")
+    if _cuda_device_answers():
+        names.append("cupy")
+    return names
+
+
+def _context_name():
+    stack = getattr(_context, "stack", None)
+    return stack[-1] if stack else None
+
+
+def _auto_name():
+    if _cuda_device_answers():
+        return "cupy"
+    if importlib.util.find_spec("numba") is not None:
+        return "numba"
+    return "numpy"
+
+
+def _cuda_device_answers():
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no driver, no device, broken install: all mean "not here"
+        return False
+
+
+def _create(name):
+    module_name, class_name, install = _REGISTRY[name]
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, class_name)()
+    except BackendNotAvailable:
+        raise
+    except ImportError as exc:
+        raise BackendNotAvailable(
+            f"backend {name!r} is not installed ({exc}); install it with: {install}"
+        ) from exc
+
+
+__all__ = ["Backend", "BackendError", "BackendNotAvailable", "NAMES", "available_backends", "get_backend", "use"]

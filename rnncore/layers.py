@@ -1,0 +1,323 @@
+"""Time layers with the book's API (*Deep Learning from Scratch 2*, ch. 5-6).
+
+Every layer has ``params`` and ``grads`` (lists of arrays; ``backward`` writes the
+gradients in place so optimizers can hold references), ``forward`` and ``backward``.
+Public shapes are batch-major ``(N, T, D)``. Inside, data is time-major ``(T, N, D)``;
+a layer returns its output as a transposed view of a time-major buffer, so the next
+layer's ``time_major()`` is free and no activation is copied between layers.
+"""
+from .backends import get_backend
+from .checks import (
+    check_params,
+    expect_backend_array,
+    expect_float,
+    expect_ids,
+    expect_param_shape,
+    expect_shape,
+)
+
+
+def time_major(x):
+    """(N, T, ...) -> contiguous (T, N, ...); free when x is a transposed time-major buffer."""
+    t = x.transpose((1, 0) + tuple(range(2, x.ndim)))
+    return t if t.flags.c_contiguous else t.copy()
+
+
+def batch_major(x):
+    """(T, N, ...) -> (N, T, ...) view."""
+    return x.transpose((1, 0) + tuple(range(2, x.ndim)))
+
+
+class Layer:
+    """Holds the backend, the parameters, zeroed gradients, and the forward cache."""
+
+    param_names = ()
+
+    def __init__(self, params, backend=None):
+        self.backend = get_backend(backend)
+        self.xp = self.backend.xp
+        self.params = list(params)
+        self.dtype = check_params(self.name, self.backend, self.param_names, self.params) if params else None
+        self.grads = [self.xp.zeros_like(p) for p in self.params]
+        self._cache = None
+
+    @property
+    def name(self):
+        return type(self).__name__
+
+    def _where(self, method):
+        return f"{self.name}.{method}"
+
+    def _input(self, method, name, x, spec):
+        where = self._where(method)
+        expect_backend_array(where, name, x, self.backend)
+        expect_shape(where, name, x, spec)
+        if self.dtype is not None:
+            expect_float(where, name, x, self.dtype)
+        return x.shape
+
+    def _take_cache(self):
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}.backward called without a forward pass before it")
+        cache, self._cache = self._cache, None
+        return cache
+
+
+class TimeEmbedding(Layer):
+    """Looks up rows of ``W`` (V, D) for integer ids (N, T) in [0, V)."""
+
+    param_names = ("W",)
+
+    def __init__(self, W, backend=None):
+        super().__init__([W], backend)
+        expect_shape(self.name, "W", W, ("V", "D"))
+
+    def forward(self, ids):
+        where = self._where("forward")
+        expect_backend_array(where, "ids", ids, self.backend)
+        expect_shape(where, "ids", ids, ("N", "T"))
+        (W,) = self.params
+        expect_ids(where, "ids", ids, 0, W.shape[0])
+        ids_tm = time_major(ids)
+        self._cache = ids_tm
+        return batch_major(W[ids_tm])
+
+    def backward(self, dout):
+        ids_tm = self._take_cache()
+        T, N = ids_tm.shape
+        D = self.params[0].shape[1]
+        self._input("backward", "dout", dout, (("N", N), ("T", T), ("D", D)))
+        (dW,) = self.grads
+        dW[...] = 0
+        self.backend.embedding_scatter_add(dW, ids_tm.reshape(-1), time_major(dout).reshape(-1, D))
+        return None
+
+
+class TimeAffine(Layer):
+    """out = x @ W + b at every step; W (D, M), b (M,)."""
+
+    param_names = ("W", "b")
+
+    def __init__(self, W, b, backend=None):
+        super().__init__([W, b], backend)
+        expect_shape(self.name, "W", W, ("D", "M"))
+        expect_param_shape(self.name, "b", b, (W.shape[1],), "M = W.shape[1]")
+
+    def forward(self, x):
+        W, b = self.params
+        D, M = W.shape
+        N, T, _ = self._input("forward", "x", x, ("N", "T", ("D", D)))
+        x_tm = time_major(x)
+        self._cache = x_tm
+        out = x_tm.reshape(T * N, D) @ W
+        out += b
+        return batch_major(out.reshape(T, N, M))
+
+    def backward(self, dout):
+        x_tm = self._take_cache()
+        T, N, D = x_tm.shape
+        W, _ = self.params
+        M = W.shape[1]
+        self._input("backward", "dout", dout, (("N", N), ("T", T), ("M", M)))
+        d = time_major(dout).reshape(T * N, M)
+        dW, db = self.grads
+        self.xp.matmul(x_tm.reshape(T * N, D).T, d, out=dW)
+        d.sum(axis=0, out=db)
+        return batch_major((d @ W.T).reshape(T, N, D))
+
+
+class TimeSoftmaxWithLoss(Layer):
+    """Mean cross-entropy of softmax(scores) over all labels that are not -1 (the book's ignore label)."""
+
+    def __init__(self, backend=None):
+        super().__init__([], backend)
+
+    def forward(self, xs, ts):
+        where = self._where("forward")
+        expect_backend_array(where, "xs", xs, self.backend)
+        expect_shape(where, "xs", xs, ("N", "T", "V"))
+        if xs.dtype.kind != "f":
+            raise TypeError(f"{where}: xs must hold float scores, got dtype {xs.dtype}")
+        N, T, V = xs.shape
+        expect_backend_array(where, "ts", ts, self.backend)
+        expect_shape(where, "ts", ts, (("N", N), ("T", T)))
+        expect_ids(where, "ts", ts, -1, V)
+        scores = time_major(xs).reshape(T * N, V)
+        loss, dscores = self.backend.softmax_cross_entropy(scores, time_major(ts).reshape(T * N))
+        self._cache = dscores.reshape(T, N, V)
+        return loss
+
+    def backward(self, dout=1):
+        dscores = self._take_cache()
+        if not (isinstance(dout, (int, float)) and dout == 1):
+            dscores *= dout
+        return batch_major(dscores)
+
+
+class TimeDropout(Layer):
+    """Inverted dropout: zero each activation with probability ``ratio`` while ``train_flg`` is set."""
+
+    def __init__(self, ratio=0.5, backend=None):
+        super().__init__([], backend)
+        if not 0 <= ratio < 1:
+            raise ValueError(f"TimeDropout: ratio must be in [0, 1), got {ratio}")
+        self.ratio = ratio
+        self.train_flg = True
+
+    def forward(self, xs):
+        where = self._where("forward")
+        expect_backend_array(where, "xs", xs, self.backend)
+        expect_shape(where, "xs", xs, ("N", "T", "D"))
+        if not self.train_flg or self.ratio == 0:
+            self._cache = None
+            return xs
+        N, T, D = xs.shape
+        mask = batch_major(self.backend.dropout_mask((T, N, D), self.ratio, xs.dtype))
+        self._cache = mask
+        return xs * mask
+
+    def backward(self, dout):
+        mask = self._cache
+        return dout if mask is None else dout * mask
+
+
+class _Recurrent(Layer):
+    """What TimeRNN and TimeLSTM share: parameter checks, carried state, the hoisted GEMMs."""
+
+    param_names = ("Wx", "Wh", "b")
+    gates = 1
+    state_names = ("h",)
+
+    def __init__(self, Wx, Wh, b, stateful=False, backend=None):
+        super().__init__([Wx, Wh, b], backend)
+        expect_shape(self.name, "Wh", Wh, ("H", "G"))
+        H = Wh.shape[0]
+        G = self.gates * H
+        expect_param_shape(self.name, "Wh", Wh, (H, G), f"H, {self._g_text()}")
+        expect_shape(self.name, "Wx", Wx, ("D", ("G", G)))
+        expect_param_shape(self.name, "b", b, (G,), self._g_text())
+        self.hidden_size = H
+        self.stateful = stateful
+        self.reset_state()
+
+    def _g_text(self):
+        return "G = H" if self.gates == 1 else f"G = {self.gates}H"
+
+    def reset_state(self):
+        """Forget the carried state: the next forward starts from zeros."""
+        self.h = self.dh = None
+        if self.gates == 4:
+            self.c = self.dc = None
+
+    def set_state(self, h, c=None):
+        """Start the next forward from ``h`` (and ``c`` for the LSTM), each (N, H)."""
+        where = self._where("set_state")
+        states = [("h", h)] + ([("c", c)] if self.gates == 4 else [])
+        for name, s in states:
+            if s is None:
+                raise ValueError(f"{where}: {name} is required")
+            expect_backend_array(where, name, s, self.backend)
+            expect_shape(where, name, s, ("N", ("H", self.hidden_size)))
+            expect_float(where, name, s, self.dtype)
+        if self.gates == 4 and c.shape != h.shape:
+            raise ValueError(f"{where}: c must have the shape of h {tuple(h.shape)}, got {tuple(c.shape)}")
+        self.h = h.copy()
+        if self.gates == 4:
+            self.c = c.copy()
+
+    def _start_states(self, N):
+        """The states the next forward starts from: carried ones if stateful and set, else zeros."""
+        names = self.state_names
+        carried = [getattr(self, n) for n in names]
+        if not self.stateful or carried[0] is None:
+            return [self.xp.zeros((N, self.hidden_size), dtype=self.dtype) for _ in names]
+        if carried[0].shape[0] != N:
+            raise ValueError(
+                f"{self._where('forward')}: the carried state has batch size {carried[0].shape[0]} "
+                f"but xs has N={N}; call reset_state() or set_state() first"
+            )
+        return carried
+
+    def _project_inputs(self, xs):
+        """xw = xs @ Wx + b for all steps at once, time-major (T, N, G)."""
+        Wx, _, b = self.params
+        D, G = Wx.shape
+        N, T, _ = self._input("forward", "xs", xs, ("N", "T", ("D", D)))
+        x_tm = time_major(xs)
+        xw = (x_tm.reshape(T * N, D) @ Wx).reshape(T, N, G)
+        xw += b
+        return x_tm, xw
+
+    def _check_dhs(self, dhs, T, N):
+        self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
+        return time_major(dhs)
+
+    def _param_grads(self, x_tm, h0, hs, dxw):
+        """dWx, dWh, db as three GEMM-sized reductions over all T*N rows; returns dxs."""
+        T, N, D = x_tm.shape
+        Wx, _, _ = self.params
+        G = Wx.shape[1]
+        H = self.hidden_size
+        dWx, dWh, db = self.grads
+        flat = dxw.reshape(T * N, G)
+        self.xp.matmul(x_tm.reshape(T * N, D).T, flat, out=dWx)
+        self.xp.matmul(h0.T, dxw[0], out=dWh)
+        if T > 1:
+            dWh += hs[:-1].reshape((T - 1) * N, H).T @ dxw[1:].reshape((T - 1) * N, G)
+        flat.sum(axis=0, out=db)
+        return batch_major((flat @ Wx.T).reshape(T, N, D))
+
+
+class TimeRNN(_Recurrent):
+    """tanh RNN over a sequence: h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b).
+
+    Wx (D, H), Wh (H, H), b (H,). ``forward(xs)`` takes (N, T, D) and returns hs (N, T, H).
+    With ``stateful=True`` the last h is carried into the next forward (truncated BPTT);
+    backward never reaches past the start of the current chunk, and leaves the gradient
+    with respect to the starting state in ``dh``.
+    """
+
+    def forward(self, xs):
+        x_tm, xw = self._project_inputs(xs)
+        (h0,) = self._start_states(x_tm.shape[1])
+        hs = self.backend.rnn_forward(xw, h0, self.params[1])
+        self._cache = (x_tm, h0, hs)
+        self.h = hs[-1].copy()
+        return batch_major(hs)
+
+    def backward(self, dhs):
+        x_tm, h0, hs = self._take_cache()
+        T, N, _ = x_tm.shape
+        dxw, self.dh = self.backend.rnn_backward(self._check_dhs(dhs, T, N), hs, h0, self.params[1])
+        return self._param_grads(x_tm, h0, hs, dxw)
+
+
+class TimeLSTM(_Recurrent):
+    """LSTM over a sequence, gates in the cuDNN/PyTorch order i, f, g, o.
+
+    a_t = x_t @ Wx + h_{t-1} @ Wh + b, split into four H-wide blocks i, f, g, o;
+    i, f, o = sigmoid, g = tanh; c_t = f*c_{t-1} + i*g; h_t = o*tanh(c_t).
+    Wx (D, 4H), Wh (H, 4H), b (4H,): a ``torch.nn.LSTM``'s ``weight_ih_l0.T``,
+    ``weight_hh_l0.T`` and ``bias_ih_l0 + bias_hh_l0`` drop in as they are.
+    (The book orders the gates f, g, i, o.) ``stateful`` carries h and c between
+    calls; after backward, ``dh`` and ``dc`` hold the gradients of the start state.
+    """
+
+    gates = 4
+    state_names = ("h", "c")
+
+    def forward(self, xs):
+        x_tm, xw = self._project_inputs(xs)
+        h0, c0 = self._start_states(x_tm.shape[1])
+        hs, cs = self.backend.lstm_forward(xw, h0, c0, self.params[1])
+        self._cache = (x_tm, h0, c0, hs, cs, xw)
+        self.h, self.c = hs[-1].copy(), cs[-1].copy()
+        return batch_major(hs)
+
+    def backward(self, dhs):
+        x_tm, h0, c0, hs, cs, gates = self._take_cache()
+        T, N, _ = x_tm.shape
+        self.dh, self.dc = self.backend.lstm_backward(
+            self._check_dhs(dhs, T, N), hs, cs, gates, h0, c0, self.params[1]
+        )
+        return self._param_grads(x_tm, h0, hs, gates)

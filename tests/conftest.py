@@ -1,0 +1,84 @@
+"""Shared fixtures: every backend that can run here, including the CUDA kernels on the CPU.
+
+Backends under test:
+- ``numpy`` and ``numba`` (skipped where numba is not installed);
+- ``cupy-emu``: the real cupy backend and its real ``kernels/*.cu``, compiled with g++
+  and run on the CPU by ``support/fake_cupy.py`` (skipped without g++);
+- ``cupy``: the real thing, marked ``gpu`` (skipped without CuPy and a device).
+"""
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "support"))
+
+import fake_cupy  # noqa: E402
+
+import rnncore  # noqa: E402
+from rnncore.backends.cupy_backend import CupyBackend  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("RNNCORE_TEST_DATA", REPO.parent / "shared" / "data"))
+
+HAS_NUMBA = importlib.util.find_spec("numba") is not None
+HAS_GPU = "cupy" in rnncore.available_backends()
+_emulated = None
+
+
+def emulated_cupy():
+    global _emulated
+    if _emulated is None:
+        _emulated = CupyBackend(fake_cupy.make())
+        _emulated.name = "cupy-emu"
+    return _emulated
+
+
+def backend_by_name(name):
+    if name == "numba" and not HAS_NUMBA:
+        pytest.skip("numba is not installed")
+    if name == "cupy-emu":
+        if not fake_cupy.compiler_available():
+            pytest.skip("g++ is needed to run the CUDA kernels on the CPU")
+        return emulated_cupy()
+    if name == "cupy" and not HAS_GPU:
+        pytest.skip("needs CuPy and a CUDA device")
+    return rnncore.get_backend(name)
+
+
+CPU_BACKENDS = ["numpy", "numba", "cupy-emu"]
+ALL_BACKENDS = CPU_BACKENDS + [pytest.param("cupy", marks=pytest.mark.gpu)]
+OTHER_BACKENDS = ["numba", "cupy-emu", pytest.param("cupy", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request):
+    return backend_by_name(request.param)
+
+
+@pytest.fixture(params=OTHER_BACKENDS)
+def other_backend(request):
+    """Every backend but the NumPy reference."""
+    return backend_by_name(request.param)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(pytest.mark.skip(reason="needs CuPy and a CUDA device"))
+
+
+def random_params(rng, kind, D, H, dtype, scale=0.5):
+    """Wx, Wh, b for a TimeRNN ("rnn") or TimeLSTM ("lstm") as host arrays."""
+    G = H if kind == "rnn" else 4 * H
+    return [
+        (rng.standard_normal(shape) * scale).astype(dtype)
+        for shape in ((D, G), (H, G), (G,))
+    ]
+
+
+def to_backend(backend, arrays):
+    return [backend.asarray(np.array(a)) for a in arrays]

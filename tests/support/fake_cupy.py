@@ -1,0 +1,125 @@
+"""A CPU stand-in for the parts of CuPy that the cupy backend uses, for tests without a GPU.
+
+Arrays are NumPy arrays. ``RawModule`` compiles the real ``kernels/*.cu`` source with g++
+against ``emu.h`` and launches kernels through ctypes, so the backend's Python code and
+its CUDA kernels both run; only cuBLAS is replaced, by NumPy's matmul. Kernel arguments
+must be NumPy arrays or NumPy scalars of an explicit width, as they must for real CuPy.
+"""
+import ctypes
+import hashlib
+import shutil
+import subprocess
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+_BUILD = Path(tempfile.gettempdir()) / "rnncore-emulated-cuda"
+_SCALARS = {
+    np.dtype(np.int32): ctypes.c_int32,
+    np.dtype(np.int64): ctypes.c_int64,
+    np.dtype(np.float32): ctypes.c_float,
+    np.dtype(np.float64): ctypes.c_double,
+}
+
+
+def compiler_available():
+    return shutil.which("g++") is not None
+
+
+class RawModule:
+    def __init__(self, code, options=(), name_expressions=()):
+        self.names = list(name_expressions)
+        wrappers = "".join(
+            f'extern "C" void emu_launch_{k}(const unsigned* g, const unsigned* b, void** a)'
+            f" {{ emu::launch(&{name}, g, b, a, {str('__syncthreads' in code).lower()}); }}\n"
+            for k, name in enumerate(self.names)
+        )
+        source = f'#include "emu.h"\n{code}\n{wrappers}'
+        digest = hashlib.sha1(source.encode()).hexdigest()[:16]
+        _BUILD.mkdir(exist_ok=True)
+        library = _BUILD / f"module_{digest}.so"
+        if not library.exists():
+            src = _BUILD / f"module_{digest}.cpp"
+            src.write_text(source)
+            partial = library.with_suffix(".tmp.so")
+            subprocess.run(
+                ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{HERE}", str(src), "-o", str(partial)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            partial.rename(library)
+        self._lib = ctypes.CDLL(str(library))
+
+    def get_function(self, name):
+        if name not in self.names:
+            raise KeyError(f"{name} is not among the module's name expressions {self.names}")
+        return _Function(getattr(self._lib, f"emu_launch_{self.names.index(name)}"))
+
+
+class _Function:
+    def __init__(self, entry):
+        self.entry = entry
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        holders = [_argument(a) for a in args]
+        pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
+        self.entry(_dims(grid), _dims(block), pointers)
+
+
+def _dims(d):
+    d = tuple(d) + (1,) * (3 - len(d))
+    return (ctypes.c_uint * 3)(*d)
+
+
+def _argument(a):
+    if isinstance(a, np.ndarray):
+        return ctypes.c_void_p(a.ctypes.data)
+    if isinstance(a, np.generic) and a.dtype in _SCALARS:
+        return _SCALARS[a.dtype](a.item())
+    raise TypeError(f"kernel arguments must be arrays or sized NumPy scalars, got {type(a).__name__}")
+
+
+class _MemoryHook:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+class _Stream:
+    def synchronize(self):
+        pass
+
+
+class _Device:
+    attributes = {"MultiProcessorCount": 2}
+
+    def synchronize(self):
+        pass
+
+
+class _FakeCupy(types.ModuleType):
+    """Anything not defined here is NumPy's."""
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def make():
+    cp = _FakeCupy("fake_cupy")
+    cp.ndarray = np.ndarray
+    cp.asnumpy = np.asarray
+    cp.RawModule = RawModule
+    cp.random = np.random
+    cp.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        Device=_Device,
+        MemoryHook=_MemoryHook,
+        get_current_stream=_Stream,
+    )
+    return cp

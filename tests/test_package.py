@@ -1,0 +1,119 @@
+"""The package: lazy imports, backend selection, errors that say what to install, the wheel's kernels."""
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import HAS_GPU, HAS_NUMBA, REPO
+
+import rnncore
+from rnncore.backends import BackendNotAvailable
+
+
+def run_python(code, env=None, cwd=REPO):
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_import_loads_neither_numba_nor_cupy():
+    out = run_python("import sys, rnncore; print(sorted(m for m in ('numba', 'cupy') if m in sys.modules))")
+    assert out == "[]"
+
+
+def test_selection_order_argument_then_context_then_environment():
+    code = (
+        "import rnncore\n"
+        "print(rnncore.get_backend().name)\n"
+        "with rnncore.use('numpy'):\n"
+        "    print(rnncore.get_backend().name, rnncore.get_backend('numba').name)\n"
+        "    with rnncore.use('numba'):\n"
+        "        print(rnncore.get_backend().name)\n"
+        "    print(rnncore.get_backend().name)\n"
+    )
+    if not HAS_NUMBA:
+        pytest.skip("needs numba")
+    out = run_python(code, env={"RNNCORE_BACKEND": "numba"}).split("\n")
+    assert out == ["numba", "numpy numba", "numba", "numpy"]
+
+
+def test_auto_picks_the_best_available():
+    expected = "cupy" if HAS_GPU else "numba" if HAS_NUMBA else "numpy"
+    assert run_python("import rnncore; print(rnncore.get_backend('auto').name)", env={"RNNCORE_BACKEND": ""}) == expected
+    assert rnncore.available_backends()[-1] == expected
+
+
+def test_auto_without_numba_falls_back_to_numpy():
+    code = "import sys; sys.modules['numba'] = None; sys.modules['cupy'] = None\nimport rnncore; print(rnncore.get_backend().name)"
+    assert run_python(code, env={"RNNCORE_BACKEND": "auto"}) == "numpy"
+
+
+def test_a_missing_backend_names_the_extra_to_install():
+    code = (
+        "import sys; sys.modules['numba'] = None; sys.modules['cupy'] = None\n"
+        "import rnncore\n"
+        "for name in ('numba', 'cupy'):\n"
+        "    try: rnncore.get_backend(name)\n"
+        "    except rnncore.BackendNotAvailable as e: print(e)\n"
+    )
+    numba_msg, cupy_msg = run_python(code).split("\n")
+    assert "pip install 'rnncore[numba]'" in numba_msg
+    assert "'rnncore[cuda12]'" in cupy_msg and "'rnncore[cuda13]'" in cupy_msg
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present")
+def test_cupy_without_a_device_says_so():
+    if importlib.util.find_spec("cupy") is None:
+        with pytest.raises(BackendNotAvailable, match="rnncore\\[cuda12\\]"):
+            rnncore.get_backend("cupy")
+    else:
+        with pytest.raises(BackendNotAvailable, match="no CUDA device answers"):
+            rnncore.get_backend("cupy")
+
+
+def test_backends_are_shared_instances():
+    assert rnncore.get_backend("numpy") is rnncore.get_backend("numpy")
+    with rnncore.use("numpy") as be:
+        assert be is rnncore.get_backend()
+
+
+def test_installed_wheel_finds_its_kernels(tmp_path):
+    """Build a real (non-editable) wheel, unpack it elsewhere, import from there only."""
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path / "dist"), str(REPO)]
+    if importlib.util.find_spec("setuptools") is not None:
+        cmd.insert(4, "--no-build-isolation")
+    subprocess.run(cmd, check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("rnncore-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for f in ("rnncore/kernels/lstm.cu", "rnncore/kernels/common.cuh", "rnncore/kernels/lstm_numba.py"):
+        assert f in names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = (
+        "import rnncore, rnncore._kernels as k\n"
+        "print(rnncore.__file__); print(k.folder()); print(len(k.cuda_module_source('lstm.cu')))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    module_file, folder, size = out.stdout.split("\n")[:3]
+    assert Path(module_file).is_relative_to(site) and Path(folder) == site / "rnncore" / "kernels"
+    assert int(size) > 1000
+    if HAS_NUMBA:
+        code = "import numpy as np, rnncore; l = rnncore.TimeRNN(*(np.ones(s, np.float32) for s in ((2, 3), (3, 3), (3,))), backend='numba'); print(l.forward(np.ones((1, 2, 2), np.float32)).shape)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.strip() == "(1, 2, 3)", out.stderr
+
+
+def test_peak_memory_sees_a_large_allocation(backend):
+    if backend.name == "cupy-emu":
+        pytest.skip("the CPU stand-in for CuPy has no memory pool to hook")
+    size = 8 * 2**20
+    with backend.peak_memory() as report:
+        a = backend.xp.ones(size // 8, dtype="float64")
+        del a
+    assert size <= report.peak_bytes < 2 * size
