@@ -7,17 +7,23 @@
 Importing rnncore imports neither numba nor cupy; a backend loads on first use.
 """
 from .backends import Backend, BackendNotAvailable, available_backends, get_backend, use
-from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
+from .models import BetterRnnlm, RecurrentLM, Rnnlm, SimpleRnnlm
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "BetterRnnlm",
+    "RecurrentLM",
+    "Rnnlm",
+    "SimpleRnnlm",
     "BackendNotAvailable",
     "TimeAffine",
     "TimeDropout",
     "TimeEmbedding",
     "TimeLSTM",
+    "TimeMSELoss",
     "TimeRNN",
     "TimeSoftmaxWithLoss",
     "available_backends",

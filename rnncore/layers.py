@@ -6,6 +6,8 @@ Public shapes are batch-major ``(N, T, D)``. Inside, data is time-major ``(T, N,
 a layer returns its output as a transposed view of a time-major buffer, so the next
 layer's ``time_major()`` is free and no activation is copied between layers.
 """
+import numpy as np
+
 from .backends import get_backend
 from .checks import (
     check_params,
@@ -154,6 +156,27 @@ class TimeSoftmaxWithLoss(Layer):
         return batch_major(dscores)
 
 
+class TimeMSELoss(Layer):
+    """Mean squared error between predictions (N, T, D) and targets of the same shape (d2l 9.1)."""
+
+    def __init__(self, backend=None):
+        super().__init__([], backend)
+
+    def forward(self, ys, ts):
+        where = self._where("forward")
+        for name, a in (("ys", ys), ("ts", ts)):
+            expect_backend_array(where, name, a, self.backend)
+        expect_shape(where, "ys", ys, ("N", "T", "D"))
+        expect_shape(where, "ts", ts, tuple((n, s) for n, s in zip("NTD", ys.shape)))
+        diff = ys - ts
+        self._cache = diff
+        return (diff * diff).mean()
+
+    def backward(self, dout=1):
+        diff = self._take_cache()
+        return diff * (2 * dout / diff.size)
+
+
 class TimeDropout(Layer):
     """Inverted dropout: zero each activation with probability ``ratio`` while ``train_flg`` is set."""
 
@@ -238,6 +261,20 @@ class _Recurrent(Layer):
             )
         return carried
 
+    @classmethod
+    def from_torch(cls, state_dict, index=0, prefix="", stateful=False, backend=None, dtype="float32"):
+        """A layer with the weights of layer ``index`` of a ``torch.nn.RNN``/``nn.LSTM`` state dict."""
+        be = get_backend(backend)
+        return cls(*(be.asarray(p.astype(dtype)) for p in torch_params(state_dict, index, prefix)),
+                   stateful=stateful, backend=be)
+
+    def load_torch(self, state_dict, index=0, prefix=""):
+        """Overwrite this layer's weights in place from a PyTorch state dict (see ``torch_params``)."""
+        for name, p, v in zip(self.param_names, self.params, torch_params(state_dict, index, prefix)):
+            if p.shape != v.shape:
+                raise ValueError(f"{self.name}: {name} is {tuple(p.shape)} but the state dict gives {tuple(v.shape)}")
+            p[...] = self.backend.asarray(v.astype(p.dtype))
+
     def _project_inputs(self, xs):
         """xw = xs @ Wx + b for all steps at once, time-major (T, N, G)."""
         Wx, _, b = self.params
@@ -321,3 +358,24 @@ class TimeLSTM(_Recurrent):
             self._check_dhs(dhs, T, N), hs, cs, gates, h0, c0, self.params[1]
         )
         return self._param_grads(x_tm, h0, hs, gates)
+
+
+def torch_params(state_dict, index=0, prefix=""):
+    """(Wx, Wh, b) host arrays from ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``.
+
+    PyTorch stores (G, D) and (G, H) with the gates in rnncore's order (i, f, g, o), so
+    the weights go in transposed and the two biases summed. Values may be torch tensors
+    (read through ``numpy.asarray``; rnncore never imports torch) or arrays.
+    """
+    names = [f"{prefix}{n}_l{index}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    missing = [n for n in names if n not in state_dict]
+    if missing:
+        raise KeyError(f"the state dict has no {', '.join(missing)}; its keys are {', '.join(state_dict)}")
+    w_ih, w_hh, b_ih, b_hh = (_host_array(state_dict[n]) for n in names)
+    return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih + b_hh
+
+
+def _host_array(value):
+    if hasattr(value, "detach"):  # a torch tensor, possibly on a GPU or requiring grad
+        value = value.detach().cpu()
+    return np.asarray(value, dtype=np.float64)

@@ -82,3 +82,11 @@ def random_params(rng, kind, D, H, dtype, scale=0.5):
 
 def to_backend(backend, arrays):
     return [backend.asarray(np.array(a)) for a in arrays]
+
+
+@pytest.fixture
+def shared_data():
+    """The shared corpora (../shared/data, or $RNNCORE_TEST_DATA)."""
+    if not (DATA_DIR / "ptb" / "ptb.train.txt").is_file():
+        pytest.skip(f"the shared corpora are not at {DATA_DIR} (set RNNCORE_TEST_DATA)")
+    return DATA_DIR

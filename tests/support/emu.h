@@ -1,14 +1,25 @@
-// Runs CUDA C kernels on the CPU for tests: each block in turn, each thread of a block as
-// a std::thread when the kernel synchronizes (else one after another). Enough of CUDA
-// for rnncore's kernels: thread indices, __shared__ (one static copy, as blocks run one at
-// a time), __syncthreads, atomicAdd and the math functions.
+// Runs CUDA C kernels on the CPU for tests. Enough of CUDA for rnncore's kernels: thread
+// indices, __shared__, __syncthreads, grid-wide sync, atomicAdd and the math functions.
+//
+// A kernel that never synchronizes runs its threads one after another. One that does runs
+// every CUDA thread as a fiber (ucontext) on this one OS thread: a fiber runs until it
+// reaches a barrier, and a barrier opens once every live thread of its block (of its grid,
+// for a grid sync) waits at one. That is a schedule a GPU may also choose, so a kernel
+// that needs a barrier it lacks, or deadlocks, fails here too. __shared__ variables are
+// static: correct while only one block is live, which holds unless the kernel syncs the
+// grid (then emu::launch refuses kernels that also use __shared__ across blocks... see
+// cooperative below).
 #pragma once
+#include <setjmp.h>
+#include <ucontext.h>
+
 #include <algorithm>
-#include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstddef>
-#include <thread>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -18,9 +29,50 @@ struct dim3 {
 };
 
 namespace emu {
-inline dim3 grid_dim, block_dim, block_idx;
-inline thread_local dim3 thread_idx;
-inline std::barrier<>* block_barrier = nullptr;
+inline dim3 grid_dim, block_dim, block_idx, thread_idx;
+
+enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_GRID_BARRIER, DONE };
+// A fiber starts once through makecontext/setcontext; every later switch is a
+// _setjmp/_longjmp pair, which (unlike swapcontext) makes no system call.
+struct Fiber {
+    ucontext_t start;
+    jmp_buf resume;
+    bool started;
+    char* stack;
+    dim3 block, thread;
+    unsigned block_rank;
+    State state;
+};
+constexpr std::size_t STACK_BYTES = 64 * 1024;
+inline jmp_buf scheduler;
+inline std::vector<Fiber> fibers;
+inline std::vector<std::unique_ptr<char[]>> stacks;  // reused across launches
+inline Fiber* current = nullptr;
+inline std::function<void()> body;
+
+inline void wait(State barrier) {
+    if (current == nullptr) {  // a synchronizing call in the sequential path
+        std::fprintf(stderr, "emu: barrier reached in a kernel run without fibers\n");
+        std::abort();
+    }
+    current->state = barrier;
+    if (!_setjmp(current->resume)) _longjmp(scheduler, 1);
+}
+
+inline void fiber_entry() {
+    body();
+    current->state = DONE;
+    _longjmp(scheduler, 1);
+}
+
+inline void resume(Fiber& f) {
+    if (_setjmp(scheduler)) return;  // back from the fiber: it waits at a barrier or is done
+    if (!f.started) {
+        f.started = true;
+        setcontext(&f.start);
+    }
+    _longjmp(f.resume, 1);
+}
 }  // namespace emu
 
 #define gridDim emu::grid_dim
@@ -35,13 +87,16 @@ inline std::barrier<>* block_barrier = nullptr;
 #define __shared__ static
 #define __launch_bounds__(...)
 
-inline void __syncthreads() { emu::block_barrier->arrive_and_wait(); }
+inline void __syncthreads() { emu::wait(emu::AT_BLOCK_BARRIER); }
+inline void emu_grid_sync() { emu::wait(emu::AT_GRID_BARRIER); }
 using std::max;
 using std::min;
 
 template <typename T>
-T atomicAdd(T* address, T value) {
-    return std::atomic_ref<T>(*address).fetch_add(value);
+T atomicAdd(T* address, T value) {  // one OS thread: a plain add is atomic
+    T old = *address;
+    *address = old + value;
+    return old;
 }
 
 namespace emu {
@@ -50,36 +105,110 @@ void invoke(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
     kernel(*static_cast<std::remove_cv_t<std::remove_reference_t<P>>*>(args[I])...);
 }
 
+inline void set_indices(const Fiber& f) {
+    block_idx = f.block;
+    thread_idx = f.thread;
+}
+
+// Resume runnable fibers until every one is done; open barriers as they fill.
+inline void schedule(unsigned blocks) {
+    for (;;) {
+        bool ran = false;
+        for (auto& f : fibers) {
+            if (f.state != RUNNABLE) continue;
+            current = &f;
+            set_indices(f);
+            resume(f);
+            ran = true;
+        }
+        current = nullptr;
+        std::vector<int> live(blocks, 0), waiting(blocks, 0);
+        int live_all = 0, at_grid = 0;
+        for (auto& f : fibers) {
+            if (f.state == DONE) continue;
+            ++live[f.block_rank];
+            ++live_all;
+            waiting[f.block_rank] += f.state == AT_BLOCK_BARRIER;
+            at_grid += f.state == AT_GRID_BARRIER;
+        }
+        if (live_all == 0) return;
+        bool opened = false;
+        for (auto& f : fibers) {
+            if (f.state == AT_BLOCK_BARRIER && waiting[f.block_rank] == live[f.block_rank]) f.state = RUNNABLE, opened = true;
+            if (f.state == AT_GRID_BARRIER && at_grid == live_all) f.state = RUNNABLE, opened = true;
+        }
+        if (!opened && !ran) {
+            std::fprintf(stderr, "emu: deadlock: threads wait at barriers that can never open\n");
+            std::abort();
+        }
+    }
+}
+
+// cooperative: all blocks live at once (grid sync); otherwise one block at a time.
 template <typename... P>
-void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, void** args,
-            bool threaded) {
+void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, void** args, bool synchronizes,
+            bool cooperative) {
     grid_dim = {grid[0], grid[1], grid[2]};
     block_dim = {block[0], block[1], block[2]};
-    auto run = [=](unsigned x, unsigned y, unsigned z) {
-        thread_idx = {x, y, z};
-        invoke(kernel, args, std::index_sequence_for<P...>{});
+    unsigned blocks = grid[0] * grid[1] * grid[2], threads = block[0] * block[1] * block[2];
+    auto run_one = [&] { invoke(kernel, args, std::index_sequence_for<P...>{}); };
+    auto each_block = [&](auto&& fn) {
+        unsigned rank = 0;
+        for (unsigned bz = 0; bz < grid[2]; ++bz)
+            for (unsigned by = 0; by < grid[1]; ++by)
+                for (unsigned bx = 0; bx < grid[0]; ++bx) fn(dim3{bx, by, bz}, rank++);
     };
-    for (unsigned bz = 0; bz < grid[2]; ++bz)
-        for (unsigned by = 0; by < grid[1]; ++by)
-            for (unsigned bx = 0; bx < grid[0]; ++bx) {
-                block_idx = {bx, by, bz};
-                if (!threaded) {
-                    for (unsigned z = 0; z < block[2]; ++z)
-                        for (unsigned y = 0; y < block[1]; ++y)
-                            for (unsigned x = 0; x < block[0]; ++x) run(x, y, z);
-                    continue;
-                }
-                std::barrier<> barrier(block[0] * block[1] * block[2]);
-                block_barrier = &barrier;
-                std::vector<std::thread> threads;
-                for (unsigned z = 0; z < block[2]; ++z)
-                    for (unsigned y = 0; y < block[1]; ++y)
-                        for (unsigned x = 0; x < block[0]; ++x)
-                            threads.emplace_back([=, &barrier] {
-                                run(x, y, z);
-                                barrier.arrive_and_drop();  // an exited thread no longer holds others
-                            });
-                for (auto& t : threads) t.join();
-            }
+    auto each_thread = [&](auto&& fn) {
+        for (unsigned z = 0; z < block[2]; ++z)
+            for (unsigned y = 0; y < block[1]; ++y)
+                for (unsigned x = 0; x < block[0]; ++x) fn(dim3{x, y, z});
+    };
+    if (!synchronizes) {
+        each_block([&](dim3 b, unsigned) {
+            block_idx = b;
+            each_thread([&](dim3 t) {
+                thread_idx = t;
+                run_one();
+            });
+        });
+        return;
+    }
+    body = run_one;
+    auto make_fibers = [&](dim3 b, unsigned rank) {
+        each_thread([&](dim3 t) {
+            fibers.emplace_back();
+            Fiber& f = fibers.back();
+            f.block = b, f.thread = t, f.block_rank = rank, f.state = RUNNABLE;
+        });
+    };
+    auto start_fibers = [&] {
+        while (stacks.size() < fibers.size()) stacks.emplace_back(new char[STACK_BYTES]);
+        for (std::size_t k = 0; k < fibers.size(); ++k) {
+            Fiber& f = fibers[k];
+            f.started = false;
+            f.stack = stacks[k].get();
+            getcontext(&f.start);
+            f.start.uc_stack.ss_sp = f.stack;
+            f.start.uc_stack.ss_size = STACK_BYTES;
+            f.start.uc_link = nullptr;
+            makecontext(&f.start, fiber_entry, 0);
+        }
+    };
+    if (cooperative) {
+        fibers.clear();
+        fibers.reserve(std::size_t(blocks) * threads);
+        each_block(make_fibers);
+        start_fibers();
+        schedule(blocks);
+    } else {
+        each_block([&](dim3 b, unsigned) {
+            fibers.clear();
+            fibers.reserve(threads);
+            make_fibers(b, 0);
+            start_fibers();
+            schedule(1);
+        });
+    }
+    fibers.clear();
 }
 }  // namespace emu

@@ -7,6 +7,7 @@ must be NumPy arrays or NumPy scalars of an explicit width, as they must for rea
 """
 import ctypes
 import hashlib
+import os
 import shutil
 import subprocess
 import tempfile
@@ -17,6 +18,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 _BUILD = Path(tempfile.gettempdir()) / "rnncore-emulated-cuda"
+_FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC")
 _SCALARS = {
     np.dtype(np.int32): ctypes.c_int32,
     np.dtype(np.int64): ctypes.c_int64,
@@ -30,23 +32,26 @@ def compiler_available():
 
 
 class RawModule:
-    def __init__(self, code, options=(), name_expressions=()):
+    def __init__(self, code, options=(), name_expressions=(), enable_cooperative_groups=False):
         self.names = list(name_expressions)
+        synchronizes = "__syncthreads" in code or "grid.sync" in code
+        flags = f"{str(synchronizes).lower()}, {str(enable_cooperative_groups).lower()}"
         wrappers = "".join(
             f'extern "C" void emu_launch_{k}(const unsigned* g, const unsigned* b, void** a)'
-            f" {{ emu::launch(&{name}, g, b, a, {str('__syncthreads' in code).lower()}); }}\n"
+            f" {{ emu::launch(&{name}, g, b, a, {flags}); }}\n"
             for k, name in enumerate(self.names)
         )
         source = f'#include "emu.h"\n{code}\n{wrappers}'
-        digest = hashlib.sha1(source.encode()).hexdigest()[:16]
+        # the key covers everything that goes into the build, emu.h and the flags too
+        digest = hashlib.sha1((source + (HERE / "emu.h").read_text() + " ".join(_FLAGS)).encode()).hexdigest()[:16]
         _BUILD.mkdir(exist_ok=True)
         library = _BUILD / f"module_{digest}.so"
         if not library.exists():
-            src = _BUILD / f"module_{digest}.cpp"
+            src = _BUILD / f"module_{digest}.{os.getpid()}.cpp"
             src.write_text(source)
-            partial = library.with_suffix(".tmp.so")
+            partial = library.with_suffix(f".{os.getpid()}.tmp")
             subprocess.run(
-                ["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", f"-I{HERE}", str(src), "-o", str(partial)],
+                ["g++", *_FLAGS, f"-I{HERE}", str(src), "-o", str(partial)],
                 check=True,
                 capture_output=True,
                 text=True,

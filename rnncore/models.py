@@ -1,0 +1,149 @@
+"""Language models built from the Time layers: the book's SimpleRnnlm, Rnnlm and BetterRnnlm.
+
+All three are one class, ``RecurrentLM``: embedding -> (dropout) -> recurrent layers ->
+(dropout) -> affine -> softmax loss. Weights are drawn on the host from a seeded NumPy
+generator with the book's scales, so a seed gives the same model on every backend.
+"""
+import numpy as np
+
+from .backends import get_backend
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss
+
+CELLS = {"rnn": TimeRNN, "lstm": TimeLSTM}
+
+
+class RecurrentLM:
+    """A word or character language model trained with truncated BPTT.
+
+    ``predict(xs)`` gives scores (N, T, V); ``forward(xs, ts)`` the mean loss;
+    ``backward()`` fills ``grads``. ``params``/``grads`` list each array once: with
+    ``tie_weights`` the output layer uses the embedding's transpose, and its gradient is
+    added into the embedding's, so an optimizer updates the shared weight once.
+    """
+
+    def __init__(
+        self,
+        vocab_size,
+        wordvec_size=100,
+        hidden_size=100,
+        cell="lstm",
+        num_layers=1,
+        dropout=0.0,
+        tie_weights=False,
+        backend=None,
+        dtype="float32",
+        seed=0,
+    ):
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+        if tie_weights and wordvec_size != hidden_size:
+            raise ValueError(f"tie_weights needs wordvec_size == hidden_size, got {wordvec_size} and {hidden_size}")
+        if num_layers < 1 or vocab_size < 1:
+            raise ValueError("vocab_size and num_layers must be at least 1")
+        self.config = dict(
+            vocab_size=int(vocab_size),
+            wordvec_size=int(wordvec_size),
+            hidden_size=int(hidden_size),
+            cell=cell,
+            num_layers=int(num_layers),
+            dropout=float(dropout),
+            tie_weights=bool(tie_weights),
+            dtype=str(np.dtype(dtype)),
+        )
+        self.backend = be = get_backend(backend)
+        rng = np.random.default_rng(seed)
+        V, D, H = vocab_size, wordvec_size, hidden_size
+
+        def draw(shape, scale):
+            return be.asarray((rng.standard_normal(shape) * scale).astype(dtype))
+
+        def zeros(n):
+            return be.xp.zeros(n, dtype=dtype)
+
+        G = H if cell == "rnn" else 4 * H
+        embed_W = draw((V, D), 1 / 100)
+        self.embed = TimeEmbedding(embed_W, backend=be)
+        self.rnn_layers = [
+            CELLS[cell](draw((D if k == 0 else H, G), 1 / np.sqrt(D if k == 0 else H)), draw((H, G), 1 / np.sqrt(H)),
+                        zeros(G), stateful=True, backend=be)
+            for k in range(num_layers)
+        ]
+        affine_W = embed_W.T if tie_weights else draw((H, V), 1 / np.sqrt(H))
+        self.affine = TimeAffine(affine_W, zeros(V), backend=be)
+        self.loss_layer = TimeSoftmaxWithLoss(backend=be)
+        self.dropouts = [TimeDropout(dropout, backend=be) for _ in range(num_layers + 1)] if dropout else []
+        self.layers = [self.embed]
+        for k, rnn in enumerate(self.rnn_layers):
+            self.layers += ([self.dropouts[k]] if dropout else []) + [rnn]
+        self.layers += ([self.dropouts[-1]] if dropout else []) + [self.affine]
+        tied = [id(affine_W)] if tie_weights else []
+        pairs = [(p, g) for layer in self.layers for p, g in zip(layer.params, layer.grads) if id(p) not in tied]
+        self.params = [p for p, _ in pairs]
+        self.grads = [g for _, g in pairs]
+
+    @property
+    def dtype(self):
+        return np.dtype(self.config["dtype"])
+
+    def predict(self, xs, train=False):
+        for drop in self.dropouts:
+            drop.train_flg = train
+        for layer in self.layers:
+            xs = layer.forward(xs)
+        return xs
+
+    def forward(self, xs, ts):
+        return self.loss_layer.forward(self.predict(xs, train=True), ts)
+
+    def backward(self, dout=1):
+        d = self.loss_layer.backward(dout)
+        for layer in reversed(self.layers):
+            d = layer.backward(d)
+        if self.config["tie_weights"]:
+            self.embed.grads[0] += self.affine.grads[0].T
+        return d
+
+    def reset_state(self):
+        for rnn in self.rnn_layers:
+            rnn.reset_state()
+
+    # recurrent state, for checkpoints that resume mid-stream --------------------
+    def get_state(self):
+        """Host copies of each recurrent layer's carried h (and c); None where unset."""
+        be = self.backend
+        return [[None if getattr(r, s) is None else be.to_numpy(getattr(r, s)) for s in r.state_names]
+                for r in self.rnn_layers]
+
+    def set_state(self, states):
+        for rnn, st in zip(self.rnn_layers, states):
+            if st[0] is None:
+                rnn.reset_state()
+            else:
+                rnn.set_state(*(self.backend.asarray(s) for s in st))
+
+    def load_torch(self, state_dict, prefix=""):
+        """Take the recurrent weights of a ``torch.nn.RNN``/``nn.LSTM`` state dict (tensors or arrays)."""
+        for k, rnn in enumerate(self.rnn_layers):
+            rnn.load_torch(state_dict, index=k, prefix=prefix)
+
+
+def SimpleRnnlm(vocab_size, wordvec_size=100, hidden_size=100, **kw):
+    """The book's ch05 model: embedding, one tanh RNN, affine."""
+    return RecurrentLM(vocab_size, wordvec_size, hidden_size, cell="rnn", **kw)
+
+
+def Rnnlm(vocab_size, wordvec_size=100, hidden_size=100, **kw):
+    """The book's ch06 model: embedding, one LSTM, affine."""
+    return RecurrentLM(vocab_size, wordvec_size, hidden_size, cell="lstm", **kw)
+
+
+def BetterRnnlm(vocab_size, wordvec_size=650, hidden_size=650, dropout=0.5, **kw):
+    """The book's improved model: two LSTMs, dropout 0.5, embedding tied to the output layer."""
+    kw = {"num_layers": 2, "tie_weights": True, **kw}
+    return RecurrentLM(vocab_size, wordvec_size, hidden_size, cell="lstm", dropout=dropout, **kw)
+
+
+def build_model(config, backend=None, seed=0):
+    """A RecurrentLM from its ``config`` dict (as stored in checkpoints)."""
+    keys = ("vocab_size", "wordvec_size", "hidden_size", "cell", "num_layers", "dropout", "tie_weights", "dtype")
+    return RecurrentLM(**{k: config[k] for k in keys}, backend=backend, seed=seed)

@@ -1,0 +1,224 @@
+"""Corpora, vocabularies, downloads (over a loopback HTTP server) and BPTT batching."""
+import hashlib
+import http.server
+import threading
+
+import numpy as np
+import pytest
+
+from rnncore import data
+
+
+# vocabulary and tokens ---------------------------------------------------------------
+def test_vocab_orders_by_frequency_with_unk_first():
+    vocab = data.Vocab("b a c a b a".split(), reserved=["<eos>"])
+    assert vocab.idx_to_token == ["<unk>", "<eos>", "a", "b", "c"]
+    assert list(vocab.encode(["a", "zzz", "c"])) == [2, 0, 4]
+    assert vocab.decode([3, 2]) == ["b", "a"]
+    assert vocab.encode(["a"]).dtype == np.int32
+
+
+def test_vocab_min_freq_maps_rare_tokens_to_unk():
+    vocab = data.Vocab("x x x y z z".split(), min_freq=2)
+    assert vocab.idx_to_token == ["<unk>", "x", "z"]
+    assert list(vocab.encode(["y"])) == [0]
+
+
+def test_vocab_save_and_load(tmp_path):
+    vocab = data.Vocab(list("hello world"))
+    vocab.save(tmp_path / "v.json")
+    assert data.Vocab.load(tmp_path / "v.json").idx_to_token == vocab.idx_to_token
+
+
+def test_word_tokens_turn_newlines_into_eos():
+    assert data.tokenize(" a b \n c\n") == ["a", "b", "<eos>", "c", "<eos>"]
+
+
+def test_char_tokens_follow_d2l():
+    assert data.tokenize("The Time-Machine, 1895!\nIt", "char") == list("the time machine it")
+
+
+# corpora ------------------------------------------------------------------------------
+def test_ptb_loads_the_usual_way(shared_data):
+    corpus = data.load_ptb(shared_data)
+    assert {s: len(corpus[s]) for s in data.SPLITS} == {"train": 929589, "valid": 73760, "test": 82430}
+    assert len(corpus.vocab) == 10000
+    assert corpus.vocab.decode(corpus["train"][:3]) == ["aer", "banknote", "berlitz"]
+    assert corpus.vocab.token_to_idx["<eos>"] == 1
+
+
+def test_ptb_limit_builds_the_vocabulary_from_the_slice(shared_data):
+    corpus = data.load_ptb(shared_data, limit=1000)
+    assert len(corpus["train"]) == 1000
+    assert len(corpus.vocab) == len(set(data.tokenize((shared_data / "ptb" / "ptb.train.txt").read_text())[:1000]) | {"<unk>"})
+
+
+def test_timemachine_is_split_in_order(shared_data):
+    corpus = data.load_timemachine(shared_data)
+    sizes = [len(corpus[s]) for s in data.SPLITS]
+    assert len(corpus.vocab) == 28  # 26 letters, space, <unk>
+    assert sizes[0] == pytest.approx(0.9 * sum(sizes), abs=2)
+    assert "".join(corpus.vocab.decode(corpus["train"][:15])) == "the time machin"
+
+
+def test_any_text_file_is_a_corpus(tmp_path):
+    path = tmp_path / "tiny.txt"
+    path.write_text("one two three four five\n" * 10, encoding="utf-8")
+    corpus = data.load_corpus(str(path))
+    assert len(corpus["train"]) + len(corpus["valid"]) + len(corpus["test"]) == 60
+
+
+@pytest.mark.parametrize("content, message", [(b"\xff\xfe\x00bad", "not a UTF-8 text file"), (b"too short", "only")])
+def test_bad_text_files_are_named(tmp_path, content, message):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    with pytest.raises(data.DataError, match=message):
+        data.load_corpus(str(path))
+
+
+def test_unknown_corpus_name():
+    with pytest.raises(data.DataError, match="--corpus must be ptb, timemachine or a text file"):
+        data.load_corpus("wikitext")
+
+
+# downloads over loopback ---------------------------------------------------------------
+class _Server:
+    """Serves ``files`` (name -> bytes); ``drop`` names files whose connection breaks halfway."""
+
+    def __init__(self, files, drop=()):
+        files, drop = dict(files), set(drop)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                name = self.path.rsplit("/", 1)[-1]
+                if name not in files:
+                    self.send_error(404)
+                    return
+                body = files[name]
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if name in drop else body)
+                if name in drop:
+                    self.wfile.flush()
+                    self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def timemachine_bytes(shared_data):
+    return (shared_data / "timemachine" / "timemachine.txt").read_bytes()
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.rglob("*") if p.is_file())
+
+
+def test_download_verifies_and_caches(tmp_path, timemachine_bytes, monkeypatch):
+    server = _Server({"timemachine.txt": timemachine_bytes})
+    monkeypatch.setenv("RNNCORE_DATA_DIR", str(tmp_path))
+    try:
+        path = data.dataset_path("timemachine.txt", mirror=server.url, progress=False)
+    finally:
+        server.close()
+    assert path == tmp_path / "timemachine" / "timemachine.txt"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == data.DATASETS["timemachine.txt"][2]
+    assert leftovers(tmp_path) == ["timemachine.txt"]
+    # the cache is used from now on: no server needed
+    assert data.load_timemachine(progress=False)["train"].size > 100000
+
+
+def test_a_wrong_checksum_keeps_nothing(tmp_path, timemachine_bytes):
+    server = _Server({"timemachine.txt": timemachine_bytes.replace(b"Time", b"Tame", 1)})
+    try:
+        with pytest.raises(data.DataError, match="has SHA-256 .* expected .*not kept"):
+            data.dataset_path("timemachine.txt", tmp_path, mirror=server.url, progress=False)
+    finally:
+        server.close()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_dropped_connection_keeps_nothing(tmp_path, timemachine_bytes):
+    server = _Server({"timemachine.txt": timemachine_bytes}, drop={"timemachine.txt"})
+    try:
+        with pytest.raises(data.DataError, match="could not download .*timemachine.txt"):
+            data.dataset_path("timemachine.txt", tmp_path, mirror=server.url, progress=False)
+    finally:
+        server.close()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_unreachable_mirror_says_where_to_put_the_file(tmp_path):
+    server = _Server({})
+    url = server.url
+    server.close()
+    with pytest.raises(data.DataError, match=r"put the file at .*ptb.train.txt yourself"):
+        data.dataset_path("ptb.train.txt", tmp_path, mirror=url, progress=False)
+    assert leftovers(tmp_path) == []
+
+
+# batching ------------------------------------------------------------------------------
+def book_batches(corpus, batch_size, time_size, iters):
+    """The book's RnnlmTrainer.get_batch loop, written out as the book does."""
+    xs, ts = corpus[:-1], corpus[1:]
+    data_size = len(xs)
+    jump = data_size // batch_size
+    offsets = [i * jump for i in range(batch_size)]
+    time_idx = 0
+    for _ in range(iters):
+        bx = np.empty((batch_size, time_size), dtype=int)
+        bt = np.empty((batch_size, time_size), dtype=int)
+        for t in range(time_size):
+            for i, offset in enumerate(offsets):
+                bx[i, t] = xs[(offset + time_idx) % data_size]
+                bt[i, t] = ts[(offset + time_idx) % data_size]
+            time_idx += 1
+        yield bx, bt
+
+
+def test_sequential_batches_match_the_book():
+    corpus = np.arange(1000) * 7 % 101
+    ours = data.SequentialBatches(corpus, 7, 9)
+    assert len(ours) == 999 // 63
+    for (x, t), (bx, bt) in zip(list(ours) + list(ours), book_batches(corpus, 7, 9, 2 * len(ours))):
+        np.testing.assert_array_equal(x, bx)
+        np.testing.assert_array_equal(t, bt)
+
+
+def test_sequential_batches_need_enough_tokens():
+    with pytest.raises(data.DataError, match="too few for batch 20 x time 35"):
+        data.SequentialBatches(np.arange(100), 20, 35)
+
+
+def test_random_batches_are_shuffled_nonoverlapping_windows():
+    corpus = np.arange(10_000)
+    batches = data.RandomBatches(corpus, 16, 10, seed=1)
+    starts = []
+    for x, t in batches:
+        assert x.shape == (16, 10)
+        np.testing.assert_array_equal(t, x + 1)
+        np.testing.assert_array_equal(np.diff(x, axis=1), 1)  # contiguous windows
+        starts += list(x[:, 0])
+    assert len(set(starts)) == len(starts)  # no window twice in an epoch
+    assert len({s % 10 for s in starts}) == 1  # one random offset per epoch
+    assert starts != sorted(starts)
+
+
+def test_random_batches_restore_replays_an_epoch():
+    batches = data.RandomBatches(np.arange(5000), 8, 12, seed=3)
+    saved = batches.state()
+    first = [x.copy() for x, _ in batches]
+    batches.restore(saved)
+    again = [x.copy() for x, _ in batches]
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
