@@ -1,39 +1,71 @@
-"""tanh-RNN recurrence for the numba backend: the whole time loop is one compiled call.
+"""tanh-RNN recurrence for the numba backend: one compiled call per sequence, one parallel
+region per step.
 
-The recurrent product uses BLAS (np.dot on contiguous 2-D arrays); the tanh and its
-derivative are fused into one pass over each step's (N, H) block. ``one`` carries the
-dtype so float32 math stays float32 (a bare 1.0 literal would promote to float64).
+Each thread owns a range of hidden units. In a forward step it computes its columns of
+h_{t-1} @ Wh (``dot_rows``, the small-GEMM tile) and their tanh; in a backward step its
+columns of dxw_{t+1} @ Wh^T and the tanh derivative. A step reads the whole previous state,
+which every thread finished before the region ended, so no other synchronization is needed.
 """
 import numpy as np
-from numba import njit
+from numba import prange
+
+from .common_numba import dot_rows, kernel, parallel_kernel, tanh_, transpose, unit_chunks
 
 
-@njit(cache=True)
-def rnn_forward(xw, h0, Wh, one):
+@parallel_kernel
+def rnn_forward(xw, h0, Wh, threads):
     """h_t = tanh(xw_t + h_{t-1} @ Wh), written over xw, which is returned as hs."""
     T, N, H = xw.shape
+    WhT = np.empty((H, H), dtype=xw.dtype)
+    transpose(Wh, WhT)
     rec = np.empty((N, H), dtype=xw.dtype)
-    h = h0
+    bounds = unit_chunks(H, threads)
     for t in range(T):
-        np.dot(h, Wh, rec)
-        out = xw[t]
-        for n in range(N):
-            for j in range(H):
-                out[n, j] = np.tanh(out[n, j] + rec[n, j])
-        h = out
+        h_prev = xw[t - 1] if t > 0 else h0
+        for c in prange(len(bounds) - 1):
+            u0, u1 = bounds[c], bounds[c + 1]
+            dot_rows(h_prev, WhT, rec, u0, u1)
+            _tanh_step(xw[t], rec, u0, u1)
     return xw
 
 
-@njit(cache=True)
-def rnn_backward(dhs, hs, WhT, dh, dxw, one):
+@kernel
+def _tanh_step(a, rec, u0, u1):
+    for n in range(a.shape[0]):  # row by row over 1-D slices: loops LLVM vectorizes
+        _add_tanh(a[n, u0:u1], rec[n, u0:u1])
+
+
+@kernel
+def _add_tanh(a, rec):
+    for j in range(a.size):
+        a[j] = tanh_(a[j] + rec[j])
+
+
+@parallel_kernel
+def rnn_backward(dhs, hs, Wh, dh, dxw, one, threads):
     """Fills dxw with d(pre-activation); dh enters as the gradient at h_T and leaves as dh0."""
     T, N, H = dhs.shape
+    dh_step = np.empty((N, H), dtype=dhs.dtype)  # the gradient reaching h_t from step t+1
+    bounds = unit_chunks(H, threads)
     for t in range(T - 1, -1, -1):
-        d = dxw[t]
-        h = hs[t]
-        g = dhs[t]
-        for n in range(N):
-            for j in range(H):
-                d[n, j] = (dh[n, j] + g[n, j]) * (one - h[n, j] * h[n, j])
-        np.dot(d, WhT, dh)
-    return dh
+        for c in prange(len(bounds) - 1):
+            u0, u1 = bounds[c], bounds[c + 1]
+            if t == T - 1:
+                dh_step[:, u0:u1] = dh[:, u0:u1]
+            else:
+                dot_rows(dxw[t + 1], Wh, dh_step, u0, u1)
+            _tanh_step_backward(dxw[t], dh_step, dhs[t], hs[t], u0, u1, one)
+    for c in prange(len(bounds) - 1):
+        dot_rows(dxw[0], Wh, dh, bounds[c], bounds[c + 1])
+
+
+@kernel
+def _tanh_step_backward(d, dh, up, h, u0, u1, one):
+    for n in range(d.shape[0]):
+        _tanh_derivative(d[n, u0:u1], dh[n, u0:u1], up[n, u0:u1], h[n, u0:u1], one)
+
+
+@kernel
+def _tanh_derivative(d, dh, up, h, one):
+    for j in range(d.size):
+        d[j] = (dh[j] + up[j]) * (one - h[j] * h[j])

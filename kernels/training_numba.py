@@ -1,44 +1,118 @@
-"""The rest of a training step for the numba backend: embedding scatter-add, softmax + cross-entropy."""
+"""The rest of a training step for the numba backend: embedding scatter-add, softmax +
+cross-entropy in one pass per row, dropout masks, gradient norm and SGD, all parallel."""
 import numpy as np
-from numba import njit
+from numba import prange
+
+from .common_numba import exp_shifted, kernel, like, parallel_kernel
 
 
-@njit(cache=True)
-def embedding_scatter_add(dW, ids, dout):
-    """dW[ids[m]] += dout[m] for every m (repeated ids accumulate)."""
-    for m in range(ids.shape[0]):
-        row = dW[ids[m]]
-        src = dout[m]
-        for d in range(src.shape[0]):
-            row[d] += src[d]
+@parallel_kernel
+def embedding_scatter_add(dW, ids, dout, threads):
+    """dW[ids[m]] += dout[m]. Threads split the columns, so repeated ids never race."""
+    D = dout.shape[1]
+    P = min(threads, D)
+    for c in prange(P):
+        d0, d1 = c * D // P, (c + 1) * D // P
+        for m in range(ids.shape[0]):
+            row = dW[ids[m]]
+            src = dout[m]
+            for d in range(d0, d1):
+                row[d] += src[d]
 
 
-@njit(cache=True)
+@parallel_kernel
 def softmax_cross_entropy(scores, labels, dscores):
-    """One pass per row: returns the mean loss over labels != -1; dscores gets its gradient."""
+    """Mean loss over labels != -1; dscores = (softmax - onehot) / count, rows in parallel."""
     M, V = scores.shape
     count = 0
     for m in range(M):
         if labels[m] != -1:
             count += 1
     scale = 1.0 / max(count, 1)
-    total = 0.0
-    for m in range(M):
-        row = scores[m]
+    losses = np.zeros(M)
+    for m in prange(M):
         out = dscores[m]
         label = labels[m]
         if label == -1:
             out[:] = 0
-            continue
-        top = row.max()
-        s = 0.0
-        for v in range(V):
-            e = np.exp(row[v] - top)
-            out[v] = e
-            s += e
-        total += np.log(s) - (row[label] - top)
-        inv = scale / s
-        for v in range(V):
-            out[v] *= inv
-        out[label] -= scale
-    return total * scale
+        else:
+            losses[m] = _softmax_row(scores[m], label, out, scale)
+    return losses.sum() * scale
+
+
+@kernel
+def _softmax_row(row, label, out, scale):
+    top = _row_max(row)
+    exp_shifted(row, top, out, np.empty(row.size, dtype=np.int32))
+    total = 0.0
+    for v in range(row.size):
+        total += out[v]
+    inv = like(out, scale / total)
+    for v in range(row.size):
+        out[v] *= inv
+    out[label] -= scale
+    return np.log(total) - (row[label] - top)
+
+
+@kernel
+def _row_max(row):
+    """Max of a row, vectorized: 16 running maxima (LLVM will not vectorize a plain max loop).
+    A NaN is skipped here, but it still turns the loss NaN through exp(NaN - top)."""
+    lanes = np.empty(16, dtype=row.dtype)
+    lanes[:] = row[0]
+    whole = row.size - row.size % 16
+    for v0 in range(0, whole, 16):
+        for k in range(16):
+            x = row[v0 + k]
+            lanes[k] = x if x > lanes[k] else lanes[k]
+    top = row[0]
+    for k in range(16):
+        top = lanes[k] if lanes[k] > top else top
+    for v in range(whole, row.size):
+        top = row[v] if row[v] > top else top
+    return top
+
+
+@parallel_kernel
+def sum_rows(a, out, threads):
+    """out = a.sum(axis=0), threads splitting the columns."""
+    M, K = a.shape
+    P = min(threads, K)
+    for c in prange(P):
+        k0, k1 = c * K // P, (c + 1) * K // P
+        out[k0:k1] = a[0, k0:k1]
+        for m in range(1, M):
+            for k in range(k0, k1):
+                out[k] += a[m, k]
+
+
+@parallel_kernel
+def keep_mask(u, ratio, scale):
+    """In place: uniform draws u -> the dropout mask (u >= ratio) * scale."""
+    flat = u.reshape(-1)
+    for k in prange(flat.size):
+        flat[k] = scale if flat[k] >= ratio else 0
+
+
+@parallel_kernel
+def sum_of_squares(a):
+    flat = a.reshape(-1)
+    s = 0.0
+    for k in prange(flat.size):
+        s += flat[k] * flat[k]
+    return s
+
+
+@parallel_kernel
+def axpy(alpha, x, y):
+    """y += alpha * x, in place, no temporary."""
+    fx, fy = x.reshape(-1), y.reshape(-1)
+    for k in prange(fy.size):
+        fy[k] += alpha * fx[k]
+
+
+@parallel_kernel
+def scale_(a, s):
+    flat = a.reshape(-1)
+    for k in prange(flat.size):
+        flat[k] *= s

@@ -111,8 +111,7 @@ class TimeAffine(Layer):
         N, T, _ = self._input("forward", "x", x, ("N", "T", ("D", D)))
         x_tm = time_major(x)
         self._cache = x_tm
-        out = x_tm.reshape(T * N, D) @ W
-        out += b
+        out = self.backend.linear(x_tm.reshape(T * N, D), W, b)
         return batch_major(out.reshape(T, N, M))
 
     def backward(self, dout):
@@ -123,9 +122,9 @@ class TimeAffine(Layer):
         self._input("backward", "dout", dout, (("N", N), ("T", T), ("M", M)))
         d = time_major(dout).reshape(T * N, M)
         dW, db = self.grads
-        self.xp.matmul(x_tm.reshape(T * N, D).T, d, out=dW)
-        d.sum(axis=0, out=db)
-        return batch_major((d @ W.T).reshape(T, N, D))
+        self.backend.matmul(x_tm.reshape(T * N, D).T, d, out=dW)
+        self.backend.sum_rows(d, db)
+        return batch_major(self.backend.matmul(d, W.T).reshape(T, N, D))
 
 
 class TimeSoftmaxWithLoss(Layer):
@@ -281,8 +280,7 @@ class _Recurrent(Layer):
         D, G = Wx.shape
         N, T, _ = self._input("forward", "xs", xs, ("N", "T", ("D", D)))
         x_tm = time_major(xs)
-        xw = (x_tm.reshape(T * N, D) @ Wx).reshape(T, N, G)
-        xw += b
+        xw = self.backend.linear(x_tm.reshape(T * N, D), Wx, b).reshape(T, N, G)
         return x_tm, xw
 
     def _check_dhs(self, dhs, T, N):
@@ -296,13 +294,13 @@ class _Recurrent(Layer):
         G = Wx.shape[1]
         H = self.hidden_size
         dWx, dWh, db = self.grads
+        mm = self.backend.matmul
         flat = dxw.reshape(T * N, G)
-        self.xp.matmul(x_tm.reshape(T * N, D).T, flat, out=dWx)
-        self.xp.matmul(h0.T, dxw[0], out=dWh)
-        if T > 1:
-            dWh += hs[:-1].reshape((T - 1) * N, H).T @ dxw[1:].reshape((T - 1) * N, G)
-        flat.sum(axis=0, out=db)
-        return batch_major((flat @ Wx.T).reshape(T, N, D))
+        mm(x_tm.reshape(T * N, D).T, flat, out=dWx)
+        h_prev = self.xp.concatenate([h0[None], hs[:-1]]).reshape(T * N, H)  # h_{t-1} for every t
+        mm(h_prev.T, flat, out=dWh)
+        self.backend.sum_rows(flat, db)
+        return batch_major(mm(flat, Wx.T).reshape(T, N, D))
 
 
 class TimeRNN(_Recurrent):

@@ -10,10 +10,10 @@ import numpy as np
 def clip_grads(grads, max_norm, backend):
     """Scale all gradients together so their global L2 norm is at most ``max_norm`` (the book's rule)."""
     xp = backend.xp
-    squares = sum(xp.vdot(g, g) for g in grads)
-    scale = xp.minimum(max_norm / (xp.sqrt(squares) + 1e-6), 1.0).astype(grads[0].dtype)
+    norm = xp.sqrt(backend.sum_of_squares(grads))
+    scale = xp.minimum(max_norm / (norm + 1e-6), 1.0)
     for g in grads:
-        g *= scale
+        backend.scale_(g, scale)
 
 
 class Optimizer:
@@ -47,7 +47,7 @@ class Optimizer:
 class SGD(Optimizer):
     def update(self, params, grads, backend):
         for p, g in zip(params, grads):
-            p -= self.lr * g
+            backend.axpy_(-self.lr, g, p)
 
 
 class Momentum(Optimizer):

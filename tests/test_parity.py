@@ -84,3 +84,56 @@ def test_seed_makes_dropout_repeatable(backend):
         backend.seed(5)
         masks.append(backend.to_numpy(backend.dropout_mask((10, 10), 0.5, np.dtype(np.float64))))
     np.testing.assert_array_equal(*masks)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_algebra_matches_numpy(other_backend, dtype):
+    """matmul with every operand layout the layers use, linear, sums, axpy, scale."""
+    rng = np.random.default_rng(0)
+    be = other_backend
+    for M, K, J in [(1, 1, 1), (7, 3, 5), (70, 33, 130), (3, 200, 2)]:
+        a, b = rng.standard_normal((M, K)).astype(dtype), rng.standard_normal((K, J)).astype(dtype)
+        bias = rng.standard_normal(J).astype(dtype)
+        cases = {
+            "a@b": (a, b),
+            "a@bT": (a, np.ascontiguousarray(b.T).T),
+            "aT@b": (np.ascontiguousarray(a.T).T, b),
+        }
+        for name, (x, y) in cases.items():
+            got = be.to_numpy(be.matmul(be.asarray(x), be.asarray(y)))
+            assert rel_err(x @ y, got) <= TOLERANCE[dtype], name
+        out = be.xp.empty((M, J), dtype=dtype)
+        be.matmul(be.asarray(a), be.asarray(b), out=out)
+        assert rel_err(a @ b, be.to_numpy(out)) <= TOLERANCE[dtype]
+        lin = be.to_numpy(be.linear(be.asarray(a), be.asarray(b), be.asarray(bias)))
+        assert rel_err(a @ b + bias, lin) <= TOLERANCE[dtype]
+        sums = be.to_numpy(be.sum_rows(be.asarray(a), be.xp.empty(K, dtype=dtype)))
+        assert rel_err(a.sum(axis=0), sums) <= TOLERANCE[dtype]
+    x, y = (rng.standard_normal((13, 17)).astype(dtype) for _ in range(2))
+    assert float(be.sum_of_squares([be.asarray(x), be.asarray(y)])) == pytest.approx((x**2).sum() + (y**2).sum(), rel=1e-5)
+    yb = be.asarray(y.copy())
+    be.axpy_(-0.5, be.asarray(x), yb)
+    assert rel_err(y - 0.5 * x, be.to_numpy(yb)) <= TOLERANCE[dtype]
+    be.scale_(yb, 3.0)
+    assert rel_err(3 * (y - 0.5 * x), be.to_numpy(yb)) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_survives_extreme_scores(backend, dtype):
+    scores = np.array([[1e4, 0, -1e4, 5], [-50, -50, -50, -50], [88, -88, 0, 1]], dtype=dtype)
+    loss, d = backend.softmax_cross_entropy(backend.asarray(scores), backend.asarray(np.array([0, 2, 1])))
+    ref_loss, ref_d = rnncore.get_backend("numpy").softmax_cross_entropy(scores, np.array([0, 2, 1]))
+    assert np.isfinite(float(loss))
+    assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+    np.testing.assert_allclose(backend.to_numpy(d), ref_d, atol=1e-6)
+
+
+def test_numba_runs_scipy_blas_single_threaded():
+    """Two busy thread pools on two cores stall each other: the numba backend keeps one."""
+    be = pytest.importorskip("rnncore.backends.numba_backend")
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    libs = rnncore.get_backend("numba").blas_libraries
+    assert libs, "SciPy's BLAS was not found"
+    info = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
+    assert all(info[path] == 1 for path in libs)
+    assert be is not None

@@ -75,6 +75,33 @@ class Backend:
     def synchronize(self):
         """Wait for queued device work; a no-op on the CPU."""
 
+    # dense algebra: what layers and optimizers call, so a backend can run them its own way
+    def matmul(self, a, b, out=None):
+        """a @ b for 2-D arrays (transposed views welcome), into ``out`` if given."""
+        return self.xp.matmul(a, b, out=out)
+
+    def linear(self, x, W, b, out=None):
+        """x @ W + b."""
+        out = self.matmul(x, W, out)
+        out += b
+        return out
+
+    def sum_rows(self, a, out):
+        """out = a.sum(axis=0) for a 2-D a (bias gradients)."""
+        return a.sum(axis=0, out=out)
+
+    def sum_of_squares(self, arrays):
+        """Sum of the squared entries of all arrays, as a 0-d array (no device sync)."""
+        return sum(self.xp.vdot(a, a) for a in arrays)
+
+    def scale_(self, a, s):
+        """a *= s in place (s: a number or a 0-d array)."""
+        a *= s
+
+    def axpy_(self, alpha, x, y):
+        """y += alpha * x in place."""
+        y += alpha * x
+
     # randomness ------------------------------------------------------------
     def seed(self, seed):
         """Reset the backend's random generator (dropout masks, initializers)."""

@@ -1,21 +1,42 @@
-"""The Numba backend: NumPy arrays, with each recurrence compiled into one call per sequence.
+"""The Numba backend: NumPy arrays, every hot loop compiled, all threads Numba's own.
 
-Kernels live in ``kernels/*_numba.py``; ``cache=True`` writes the compiled code beside
-them (or under NUMBA_CACHE_DIR), so a second process starts without recompiling.
+Kernels live in ``kernels/*_numba.py``. Each recurrence is one compiled call per sequence
+with one parallel region per step; the large matrix products run SciPy's BLAS, one
+single-threaded call per thread on its share of the rows. SciPy's OpenBLAS is therefore
+set to one thread when this backend starts (NumPy's own BLAS is left alone): with two
+thread pools spinning on two cores, each step waits on the other pool's spinning threads.
+``cache=True`` keeps the compiled code beside the kernels (or under NUMBA_CACHE_DIR), so
+only the first process compiles.
 """
 import numpy as np
 
 try:
-    import numba  # noqa: F401  (a clear error names the extra if it is missing)
+    import numba  # noqa: F401
+    import scipy.linalg.cython_blas  # noqa: F401  (what np.dot calls inside @njit)
 except ImportError as exc:
-    raise ImportError(f"numba is not importable ({exc})") from exc
+    raise ImportError(f"numba and scipy are needed ({exc})") from exc
 
 from .. import _kernels
 from .numpy_backend import NumpyBackend
 
+_common = _kernels.numba_module("common_numba")
 _rnn = _kernels.numba_module("rnn_numba")
 _lstm = _kernels.numba_module("lstm_numba")
 _training = _kernels.numba_module("training_numba")
+
+
+def single_threaded_scipy_blas():
+    """Make SciPy's OpenBLAS single-threaded; returns the libraries changed (empty if none found)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return []
+    scipy_dir = scipy.__path__[0].rstrip("/")
+    libs = [lib for lib in ThreadpoolController().lib_controllers
+            if lib.user_api == "blas" and (lib.filepath.startswith(scipy_dir) or "scipy.libs" in lib.filepath)]
+    for lib in libs:
+        lib.set_num_threads(1)
+    return [lib.filepath for lib in libs]
 
 
 def _c(a):
@@ -29,31 +50,92 @@ def _start(grad_T, like):
 class NumbaBackend(NumpyBackend):
     name = "numba"
 
+    def __init__(self):
+        super().__init__()
+        self.blas_libraries = single_threaded_scipy_blas()
+
+    # dense algebra ---------------------------------------------------------------------
+    def matmul(self, a, b, out=None):
+        if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f":
+            return np.matmul(a, b, out=out)
+        if out is None:
+            out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+        target = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
+        _common.gemm(self._rows(a), self._operand(b), target, numba.get_num_threads())
+        if target is not out:
+            out[...] = target
+        return out
+
+    def linear(self, x, W, b, out=None):
+        out = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype) if out is None else out
+        _common.gemm_bias(self._rows(x), self._operand(W), b, out, numba.get_num_threads())
+        return out
+
+    def _rows(self, a):
+        """a as a C-contiguous matrix: a transposed view is copied by the parallel transpose."""
+        if a.flags.c_contiguous:
+            return a
+        if a.T.flags.c_contiguous:
+            out = np.empty(a.shape, dtype=a.dtype)
+            _common.transpose(a.T, out)
+            return out
+        return np.ascontiguousarray(a)
+
+    @staticmethod
+    def _operand(b):
+        return b if (b.flags.c_contiguous or b.flags.f_contiguous) else np.ascontiguousarray(b)
+
+    # recurrences -----------------------------------------------------------------------
     def rnn_forward(self, xw, h0, Wh):
-        return _rnn.rnn_forward(xw, _c(h0), _c(Wh), xw.dtype.type(1))
+        return _rnn.rnn_forward(xw, _c(h0), _c(Wh), numba.get_num_threads())
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         dxw = np.empty_like(dhs)
-        dh = _rnn.rnn_backward(_c(dhs), hs, _c(Wh).T, _start(dh_T, h0), dxw, dhs.dtype.type(1))
+        dh = _start(dh_T, h0)
+        _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), numba.get_num_threads())
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
         T, N, G = xw.shape
         hs = np.empty((T, N, G // 4), dtype=xw.dtype)
         cs = np.empty_like(hs)
-        _lstm.lstm_forward(xw, _c(h0), _c(c0), _c(Wh), hs, cs, xw.dtype.type(1))
+        _lstm.lstm_forward(xw, _c(h0), _c(c0), _c(Wh), hs, cs, numba.get_num_threads())
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        dh = _start(dh_T, h0)
-        dc = _start(dc_T, c0)
-        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh).T, dh, dc, dhs.dtype.type(1))
+        dh, dc = _start(dh_T, h0), _start(dc_T, c0)
+        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), numba.get_num_threads())
         return dh, dc
 
+    # the rest of a training step --------------------------------------------------------
     def embedding_scatter_add(self, dW, ids, dout):
-        _training.embedding_scatter_add(dW, _c(ids), _c(dout))
+        _training.embedding_scatter_add(dW, _c(ids), _c(dout), numba.get_num_threads())
 
     def softmax_cross_entropy(self, scores, labels):
         dscores = np.empty_like(scores)
         loss = _training.softmax_cross_entropy(_c(scores), _c(labels), dscores)
         return np.asarray(loss, dtype=scores.dtype), dscores
+
+    def dropout_mask(self, shape, ratio, dtype):
+        mask = self.rng.random(shape, dtype=dtype)
+        _training.keep_mask(mask, dtype.type(ratio), dtype.type(1.0 / (1.0 - ratio)))
+        return mask
+
+    def sum_rows(self, a, out):
+        if not (a.flags.c_contiguous and out.flags.c_contiguous):
+            return super().sum_rows(a, out)
+        _training.sum_rows(a, out, numba.get_num_threads())
+        return out
+
+    def sum_of_squares(self, arrays):
+        return sum(_training.sum_of_squares(_c(a)) for a in arrays)
+
+    def scale_(self, a, s):
+        if not a.flags.c_contiguous:
+            return super().scale_(a, s)
+        _training.scale_(a, a.dtype.type(s))
+
+    def axpy_(self, alpha, x, y):
+        if not y.flags.c_contiguous:
+            return super().axpy_(alpha, x, y)
+        _training.axpy(y.dtype.type(alpha), _c(x), y)

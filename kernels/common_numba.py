@@ -1,0 +1,215 @@
+"""What the numba kernels share: vectorizable float32 math, the small-GEMM tile, parallel BLAS GEMMs.
+
+Threads: every parallel loop here is Numba's (``prange``). BLAS (SciPy's OpenBLAS, which
+``np.dot`` calls inside ``@njit``) runs single-threaded inside those loops, so only one
+thread pool is ever busy; two spinning pools on two cores slow each other by 10x or more.
+
+Math: libm's tanhf/expf are scalar calls that stop LLVM from vectorizing a loop. For
+float32 the kernels use branch-free approximations that vectorize (AVX-512: 16 lanes),
+accurate to a few float32 ulps; float64 keeps libm, so float64 gradient checks stay exact.
+``FAST`` allows reassociation and FMA contraction only: NaN and inf still propagate.
+"""
+import functools
+
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import overload
+
+FAST = {"reassoc", "contract"}
+# error_model="numpy": x / 0 gives inf as in NumPy; Python's check would raise, and its
+# branch alone keeps LLVM from vectorizing any loop that divides.
+OPTIONS = {"fastmath": FAST, "error_model": "numpy"}
+kernel = functools.partial(njit, cache=True, **OPTIONS)
+parallel_kernel = functools.partial(njit, cache=True, parallel=True, **OPTIONS)
+
+
+# math ------------------------------------------------------------------------------------
+@kernel(inline="always")
+def like(a, value):
+    """``value`` in a's dtype: a bare float would turn float32 arithmetic into float64."""
+    typed = np.empty(1, dtype=a.dtype)
+    typed[0] = value
+    return typed[0]
+
+
+def tanh_(x):
+    return np.tanh(x)
+
+
+def sigmoid_(x):
+    return 1 / (1 + np.exp(-x))
+
+
+@overload(tanh_, jit_options=OPTIONS)
+def _tanh_impl(x):
+    if x != types.float32:
+        return lambda x: np.tanh(x)
+
+    def rational_tanh(x):
+        # odd rational minimax fit on [-7.9, 7.9] (beyond it tanh is +-1 in float32)
+        x = x if x > np.float32(-7.9053111) else np.float32(-7.9053111)  # (not min/max: they block SIMD)
+        x = x if x < np.float32(7.9053111) else np.float32(7.9053111)
+        x2 = x * x
+        p = x2 * np.float32(-2.76076847742355e-16) + np.float32(2.00018790482477e-13)
+        p = x2 * p + np.float32(-8.60467152213735e-11)
+        p = x2 * p + np.float32(5.12229709037114e-08)
+        p = x2 * p + np.float32(1.48572235717979e-05)
+        p = x2 * p + np.float32(6.37261928875436e-04)
+        p = x2 * p + np.float32(4.89352455891786e-03)
+        q = x2 * np.float32(1.19825839466702e-06) + np.float32(1.18534705686654e-04)
+        q = x2 * q + np.float32(2.26843463243900e-03)
+        q = x2 * q + np.float32(4.89352518554385e-03)
+        return x * p / q
+
+    return rational_tanh
+
+
+@overload(sigmoid_, jit_options=OPTIONS)
+def _sigmoid_impl(x):
+    if x != types.float32:
+        return lambda x: 1.0 / (1.0 + np.exp(-x))
+    return lambda x: np.float32(0.5) * tanh_(np.float32(0.5) * x) + np.float32(0.5)
+
+
+def exp_shifted(x, shift, out, bits):
+    """out = exp(x - shift) elementwise for 1-D x <= shift (softmax after its max)."""
+    for i in range(x.size):
+        out[i] = np.exp(x[i] - shift)
+
+
+@overload(exp_shifted, jit_options=OPTIONS)
+def _exp_impl(x, shift, out, bits):
+    if x.dtype != types.float32:
+        return exp_shifted
+
+    def vector_exp(x, shift, out, bits):
+        # x = k ln2 + r with |r| <= ln2/2; exp(r) by a degree-7 polynomial; 2^k written
+        # straight into the exponent bits (``bits``: an int32 scratch row)
+        for i in range(x.size):
+            v = x[i] - shift
+            v = v if v > np.float32(-87.0) else np.float32(-87.0)
+            k = np.floor(v * np.float32(1.44269504) + np.float32(0.5))
+            r = v - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)
+            p = np.float32(1.9875691500e-4)
+            p = p * r + np.float32(1.3981999507e-3)
+            p = p * r + np.float32(8.3334519073e-3)
+            p = p * r + np.float32(4.1665795894e-2)
+            p = p * r + np.float32(1.6666665459e-1)
+            p = p * r + np.float32(5.0000001201e-1)
+            out[i] = p * r * r + r + np.float32(1.0)
+            bits[i] = (np.int32(k) + np.int32(127)) << np.int32(23)
+        scale = bits.view(np.float32)
+        for i in range(x.size):
+            out[i] *= scale[i]
+
+    return vector_exp
+
+
+# small GEMMs: the recurrent product --------------------------------------------------------
+@kernel
+def dot_rows(X, WT, out, j0, j1):
+    """out[n, j] = X[n, :] . WT[j, :] for all n and j0 <= j < j1.
+
+    The step of a recurrence is a GEMM of only N (say 20) rows, where BLAS is slow. Here a
+    4x4 tile of outputs is 16 running sums over k that LLVM keeps in vector registers:
+    each k-vector of 4 rows of X and 4 rows of WT feeds 16 FMAs. Edges go one by one.
+    """
+    N, K = X.shape
+    n_tiled = N - N % 4
+    j_tiled = j0 + (j1 - j0) - (j1 - j0) % 4
+    for j in range(j0, j_tiled, 4):
+        for n in range(0, n_tiled, 4):
+            _tile4x4(X, WT, out, n, j, K)
+        for n in range(n_tiled, N):
+            for jj in range(j, j + 4):
+                out[n, jj] = _dot(X, WT, n, jj, K)
+    for j in range(j_tiled, j1):
+        for n in range(N):
+            out[n, j] = _dot(X, WT, n, j, K)
+
+
+@kernel(inline="always")
+def _dot(X, WT, n, j, K):
+    s = X[n, 0] * WT[j, 0]
+    for k in range(1, K):
+        s += X[n, k] * WT[j, k]
+    return s
+
+
+@kernel(inline="always")
+def _tile4x4(X, WT, out, n, j, K):
+    w0, w1, w2, w3 = WT[j, 0], WT[j + 1, 0], WT[j + 2, 0], WT[j + 3, 0]
+    h0, h1, h2, h3 = X[n, 0], X[n + 1, 0], X[n + 2, 0], X[n + 3, 0]
+    s00, s01, s02, s03 = h0 * w0, h0 * w1, h0 * w2, h0 * w3
+    s10, s11, s12, s13 = h1 * w0, h1 * w1, h1 * w2, h1 * w3
+    s20, s21, s22, s23 = h2 * w0, h2 * w1, h2 * w2, h2 * w3
+    s30, s31, s32, s33 = h3 * w0, h3 * w1, h3 * w2, h3 * w3
+    for k in range(1, K):
+        w0, w1, w2, w3 = WT[j, k], WT[j + 1, k], WT[j + 2, k], WT[j + 3, k]
+        h0, h1, h2, h3 = X[n, k], X[n + 1, k], X[n + 2, k], X[n + 3, k]
+        s00 += h0 * w0
+        s01 += h0 * w1
+        s02 += h0 * w2
+        s03 += h0 * w3
+        s10 += h1 * w0
+        s11 += h1 * w1
+        s12 += h1 * w2
+        s13 += h1 * w3
+        s20 += h2 * w0
+        s21 += h2 * w1
+        s22 += h2 * w2
+        s23 += h2 * w3
+        s30 += h3 * w0
+        s31 += h3 * w1
+        s32 += h3 * w2
+        s33 += h3 * w3
+    out[n, j], out[n, j + 1], out[n, j + 2], out[n, j + 3] = s00, s01, s02, s03
+    out[n + 1, j], out[n + 1, j + 1], out[n + 1, j + 2], out[n + 1, j + 3] = s10, s11, s12, s13
+    out[n + 2, j], out[n + 2, j + 1], out[n + 2, j + 2], out[n + 2, j + 3] = s20, s21, s22, s23
+    out[n + 3, j], out[n + 3, j + 1], out[n + 3, j + 2], out[n + 3, j + 3] = s30, s31, s32, s33
+
+
+@kernel
+def unit_chunks(H, threads):
+    """Split H units into one range per thread, boundaries on multiples of 4 (the tile width)."""
+    P = max(1, min(threads, (H + 3) // 4))
+    size = ((H + P - 1) // P + 3) // 4 * 4
+    bounds = np.empty(P + 1, dtype=np.int64)
+    for c in range(P + 1):
+        bounds[c] = min(c * size, H)
+    return bounds
+
+
+# big GEMMs: BLAS, split across threads -----------------------------------------------------
+@parallel_kernel
+def gemm(a, b, out, threads):
+    """out = a @ b; each thread runs single-threaded BLAS on its share of the rows of a."""
+    M = a.shape[0]
+    P = min(threads, M)
+    for c in prange(P):
+        lo, hi = c * M // P, (c + 1) * M // P
+        np.dot(a[lo:hi], b, out[lo:hi])
+
+
+@parallel_kernel
+def gemm_bias(a, b, bias, out, threads):
+    """out = a @ b + bias, the bias added while each thread's rows are still in cache."""
+    M = a.shape[0]
+    P = min(threads, M)
+    for c in prange(P):
+        lo, hi = c * M // P, (c + 1) * M // P
+        block = out[lo:hi]
+        np.dot(a[lo:hi], b, block)
+        for i in range(block.shape[0]):
+            block[i] += bias
+
+
+@parallel_kernel
+def transpose(a, out):
+    """out = a.T for a C-contiguous (M, K) a, in cache-sized blocks."""
+    M, K = a.shape
+    for i0 in prange((M + 63) // 64):
+        for j0 in range(0, K, 64):
+            for i in range(i0 * 64, min(i0 * 64 + 64, M)):
+                for j in range(j0, min(j0 + 64, K)):
+                    out[j, i] = a[i, j]
