@@ -66,3 +66,15 @@ __global__ void softmax_cross_entropy(const T* __restrict__ scores, const int* _
         row_loss[row] = (log_(total) - (s[label] - top)) * scale;
     }
 }
+
+// In place: uniform draws u -> the inverted-dropout mask (u >= ratio) * scale.
+template <typename T>
+__global__ void keep_mask(T* __restrict__ u, T ratio, T scale, long long size) {
+    GRID_STRIDE(k, size) { u[k] = u[k] >= ratio ? scale : T(0); }
+}
+
+// y += alpha * x, in place and without a temporary (the SGD step: alpha = -lr).
+template <typename T>
+__global__ void axpy(T* __restrict__ y, const T* __restrict__ x, T alpha, long long size) {
+    GRID_STRIDE(k, size) { y[k] += alpha * x[k]; }
+}

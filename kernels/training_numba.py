@@ -3,7 +3,7 @@ cross-entropy in one pass per row, dropout masks, gradient norm and SGD, all par
 import numpy as np
 from numba import prange
 
-from .common_numba import exp_shifted, kernel, like, parallel_kernel
+from .common_numba import exp_, kernel, like, parallel_kernel
 
 
 @parallel_kernel
@@ -43,7 +43,8 @@ def softmax_cross_entropy(scores, labels, dscores):
 @kernel
 def _softmax_row(row, label, out, scale):
     top = _row_max(row)
-    exp_shifted(row, top, out, np.empty(row.size, dtype=np.int32))
+    for v in range(row.size):
+        out[v] = exp_(row[v] - top)
     total = 0.0
     for v in range(row.size):
         total += out[v]

@@ -52,9 +52,9 @@ def numba_module(name):
 
 # The kernel templates each CUDA file defines; each is instantiated for float and double.
 CUDA_KERNELS = {
-    "rnn.cu": ("rnn_forward_step", "rnn_backward_step"),
-    "lstm.cu": ("lstm_forward_step", "lstm_backward_step"),
-    "training.cu": ("embedding_scatter_add", "softmax_cross_entropy"),
+    "rnn.cu": ("rnn_forward_step", "rnn_backward_step", "rnn_step_forward", "rnn_step_backward", "recurrent_dot"),
+    "lstm.cu": ("lstm_forward_step", "lstm_backward_step", "lstm_step_forward", "lstm_step_backward"),
+    "training.cu": ("embedding_scatter_add", "softmax_cross_entropy", "keep_mask", "axpy"),
 }
 CUDA_TYPES = {"float32": "float", "float64": "double"}
 _INCLUDE = '#include "common.cuh"'

@@ -204,13 +204,20 @@ class TimeDropout(Layer):
 
 
 class _Recurrent(Layer):
-    """What TimeRNN and TimeLSTM share: parameter checks, carried state, the hoisted GEMMs."""
+    """What TimeRNN and TimeLSTM share: checks, carried state, the hoisted GEMMs, checkpointing.
+
+    ``checkpoint=k`` processes the sequence in segments of k steps and keeps, besides the
+    input and the output, only the state at each segment's start; backward recomputes a
+    segment's saved state (the LSTM's cells and gates) just before it needs it. Gradients
+    equal the plain pass's up to float rounding. The RNN saves nothing beyond its input
+    and output, so for TimeRNN the option only changes the order of the work.
+    """
 
     param_names = ("Wx", "Wh", "b")
     gates = 1
     state_names = ("h",)
 
-    def __init__(self, Wx, Wh, b, stateful=False, backend=None):
+    def __init__(self, Wx, Wh, b, stateful=False, checkpoint=None, backend=None):
         super().__init__([Wx, Wh, b], backend)
         expect_shape(self.name, "Wh", Wh, ("H", "G"))
         H = Wh.shape[0]
@@ -218,8 +225,11 @@ class _Recurrent(Layer):
         expect_param_shape(self.name, "Wh", Wh, (H, G), f"H, {self._g_text()}")
         expect_shape(self.name, "Wx", Wx, ("D", ("G", G)))
         expect_param_shape(self.name, "b", b, (G,), self._g_text())
+        if checkpoint is not None and (not isinstance(checkpoint, int) or checkpoint < 1):
+            raise ValueError(f"{self.name}: checkpoint must be a positive number of steps or None, got {checkpoint!r}")
         self.hidden_size = H
         self.stateful = stateful
+        self.checkpoint = checkpoint
         self.reset_state()
 
     def _g_text(self):
@@ -238,14 +248,17 @@ class _Recurrent(Layer):
         for name, s in states:
             if s is None:
                 raise ValueError(f"{where}: {name} is required")
-            expect_backend_array(where, name, s, self.backend)
-            expect_shape(where, name, s, ("N", ("H", self.hidden_size)))
-            expect_float(where, name, s, self.dtype)
+            self._check_state(where, name, s)
         if self.gates == 4 and c.shape != h.shape:
             raise ValueError(f"{where}: c must have the shape of h {tuple(h.shape)}, got {tuple(c.shape)}")
         self.h = h.copy()
         if self.gates == 4:
             self.c = c.copy()
+
+    def _check_state(self, where, name, s, N=None):
+        expect_backend_array(where, name, s, self.backend)
+        expect_shape(where, name, s, ("N" if N is None else ("N", N), ("H", self.hidden_size)))
+        expect_float(where, name, s, self.dtype)
 
     def _start_states(self, N):
         """The states the next forward starts from: carried ones if stateful and set, else zeros."""
@@ -274,33 +287,87 @@ class _Recurrent(Layer):
                 raise ValueError(f"{self.name}: {name} is {tuple(p.shape)} but the state dict gives {tuple(v.shape)}")
             p[...] = self.backend.asarray(v.astype(p.dtype))
 
-    def _project_inputs(self, xs):
-        """xw = xs @ Wx + b for all steps at once, time-major (T, N, G)."""
-        Wx, _, b = self.params
-        D, G = Wx.shape
-        N, T, _ = self._input("forward", "xs", xs, ("N", "T", ("D", D)))
+    # the pass ------------------------------------------------------------------------
+    def forward(self, xs):
+        """xs (N, T, D) -> hs (N, T, H)."""
+        Wx = self.params[0]
+        self._input("forward", "xs", xs, ("N", "T", ("D", Wx.shape[0])))
         x_tm = time_major(xs)
-        xw = self.backend.linear(x_tm.reshape(T * N, D), Wx, b).reshape(T, N, G)
-        return x_tm, xw
+        T, N, _ = x_tm.shape
+        starts = self._start_states(N)
+        seg = min(self.checkpoint or T, T)
+        hs = None if seg == T else self.xp.empty((T, N, self.hidden_size), dtype=self.dtype)
+        kept, states = [], starts
+        for t0 in range(0, T, seg):
+            out, saved = self._run_segment(x_tm[t0 : t0 + seg], states)
+            if seg == T:
+                hs = out
+                kept.append(saved)
+            else:  # keep only where the segment started; backward recomputes the rest
+                hs[t0 : t0 + seg] = out
+                kept.append(states)
+            states = self._last_states(out, saved)
+            if seg < T:  # copies: views would keep the whole segment alive
+                states = [s.copy() for s in states]
+        self._cache = (x_tm, starts, hs, kept, seg)
+        for name, value in zip(self.state_names, states):
+            setattr(self, name, value.copy())
+        return batch_major(hs)
 
-    def _check_dhs(self, dhs, T, N):
-        self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
-        return time_major(dhs)
-
-    def _param_grads(self, x_tm, h0, hs, dxw):
-        """dWx, dWh, db as three GEMM-sized reductions over all T*N rows; returns dxs."""
+    def backward(self, dhs, dh_next=None, dc_next=None):
+        """dhs (N, T, H) -> dxs (N, T, D). ``dh_next``/``dc_next`` (N, H): gradients reaching the
+        last state from beyond this chunk (None: truncated here). Leaves ``dh`` (``dc``)."""
+        x_tm, starts, hs, kept, seg = self._take_cache()
         T, N, D = x_tm.shape
-        Wx, _, _ = self.params
-        G = Wx.shape[1]
-        H = self.hidden_size
-        dWx, dWh, db = self.grads
-        mm = self.backend.matmul
+        self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
+        d_tm = time_major(dhs)
+        grads = [dh_next, dc_next][: len(self.state_names)]
+        for name, g in zip(("dh_next", "dc_next"), grads):
+            if g is not None:
+                self._check_state(self._where("backward"), name, g, N)
+        dx = None if seg == T else self.xp.empty((T, N, D), dtype=self.dtype)
+        for k in reversed(range(len(kept))):
+            t0, t1 = k * seg, min(k * seg + seg, T)
+            states = starts if seg == T else kept[k]
+            saved = kept[k] if seg == T else self._recompute(x_tm[t0:t1], states)
+            dxw, grads = self._backward_segment(d_tm[t0:t1], hs[t0:t1], saved, states, grads)
+            dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, accumulate=t1 < T)
+            if dx is None:
+                dx = dx_seg
+            else:
+                dx[t0:t1] = dx_seg
+        for name, g in zip(("dh", "dc"), grads):
+            setattr(self, name, g)
+        return batch_major(dx)
+
+    def _project(self, x_seg):
+        """xw = x @ Wx + b for all the segment's steps in one GEMM, time-major (T, N, G)."""
+        Wx, _, b = self.params
+        T, N, D = x_seg.shape
+        return self.backend.linear(x_seg.reshape(T * N, D), Wx, b).reshape(T, N, Wx.shape[1])
+
+    def _recompute(self, x_seg, states):
+        return self._run_segment(x_seg, states)[1]
+
+    def _segment_grads(self, x_seg, h_start, hs_seg, dxw, accumulate):
+        """dWx, dWh, db of one segment as three GEMM-sized reductions (added in if
+        ``accumulate``, else written); returns the segment's dxs, time-major."""
+        T, N, D = x_seg.shape
+        Wx = self.params[0]
+        G, H = Wx.shape[1], self.hidden_size
         flat = dxw.reshape(T * N, G)
-        mm(x_tm.reshape(T * N, D).T, flat, out=dWx)
-        h_prev = self.xp.concatenate([h0[None], hs[:-1]]).reshape(T * N, H)  # h_{t-1} for every t
-        mm(h_prev.T, flat, out=dWh)
-        self.backend.sum_rows(flat, db)
-        return batch_major(mm(flat, Wx.T).reshape(T, N, D))
+        h_prev = self.xp.concatenate([h_start[None], hs_seg[:-1]]).reshape(T * N, H)  # h_{t-1} for every t
+        products = (
+            (lambda out: self.backend.matmul(x_seg.reshape(T * N, D).T, flat, out=out)),
+            (lambda out: self.backend.matmul(h_prev.T, flat, out=out)),
+            (lambda out: self.backend.sum_rows(flat, out)),
+        )
+        for grad, product in zip(self.grads, products):
+            if accumulate:
+                grad += product(self.xp.empty_like(grad))
+            else:
+                product(grad)
+        return self.backend.matmul(flat, Wx.T).reshape(T, N, D)
 
 
 class TimeRNN(_Recurrent):
@@ -312,19 +379,19 @@ class TimeRNN(_Recurrent):
     with respect to the starting state in ``dh``.
     """
 
-    def forward(self, xs):
-        x_tm, xw = self._project_inputs(xs)
-        (h0,) = self._start_states(x_tm.shape[1])
-        hs = self.backend.rnn_forward(xw, h0, self.params[1])
-        self._cache = (x_tm, h0, hs)
-        self.h = hs[-1].copy()
-        return batch_major(hs)
+    def _run_segment(self, x_seg, states):
+        return self.backend.rnn_forward(self._project(x_seg), states[0], self.params[1]), ()
 
-    def backward(self, dhs):
-        x_tm, h0, hs = self._take_cache()
-        T, N, _ = x_tm.shape
-        dxw, self.dh = self.backend.rnn_backward(self._check_dhs(dhs, T, N), hs, h0, self.params[1])
-        return self._param_grads(x_tm, h0, hs, dxw)
+    def _recompute(self, x_seg, states):
+        return ()  # hs, the only thing backward reads, is kept anyway
+
+    @staticmethod
+    def _last_states(hs, saved):
+        return [hs[-1]]
+
+    def _backward_segment(self, d_seg, hs_seg, saved, states, grads):
+        dxw, dh = self.backend.rnn_backward(d_seg, hs_seg, states[0], self.params[1], grads[0])
+        return dxw, [dh]
 
 
 class TimeLSTM(_Recurrent):
@@ -341,21 +408,20 @@ class TimeLSTM(_Recurrent):
     gates = 4
     state_names = ("h", "c")
 
-    def forward(self, xs):
-        x_tm, xw = self._project_inputs(xs)
-        h0, c0 = self._start_states(x_tm.shape[1])
-        hs, cs = self.backend.lstm_forward(xw, h0, c0, self.params[1])
-        self._cache = (x_tm, h0, c0, hs, cs, xw)
-        self.h, self.c = hs[-1].copy(), cs[-1].copy()
-        return batch_major(hs)
+    def _run_segment(self, x_seg, states):
+        xw = self._project(x_seg)
+        hs, cs = self.backend.lstm_forward(xw, states[0], states[1], self.params[1])
+        return hs, (cs, xw)  # xw now holds the activated gates
 
-    def backward(self, dhs):
-        x_tm, h0, c0, hs, cs, gates = self._take_cache()
-        T, N, _ = x_tm.shape
-        self.dh, self.dc = self.backend.lstm_backward(
-            self._check_dhs(dhs, T, N), hs, cs, gates, h0, c0, self.params[1]
-        )
-        return self._param_grads(x_tm, h0, hs, gates)
+    @staticmethod
+    def _last_states(hs, saved):
+        return [hs[-1], saved[0][-1]]
+
+    def _backward_segment(self, d_seg, hs_seg, saved, states, grads):
+        cs, gates = saved
+        dh, dc = self.backend.lstm_backward(d_seg, hs_seg, cs, gates, states[0], states[1], self.params[1],
+                                            grads[0], grads[1])
+        return gates, [dh, dc]  # gates now holds d(pre-activations)
 
 
 def torch_params(state_dict, index=0, prefix=""):

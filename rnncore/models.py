@@ -95,10 +95,13 @@ class RecurrentLM:
     def forward(self, xs, ts):
         return self.loss_layer.forward(self.predict(xs, train=True), ts)
 
-    def backward(self, dout=1):
+    def backward(self, dout=1, state_grads=None):
+        """Fill ``grads``. ``state_grads``: per recurrent layer, the gradients reaching its last
+        state from beyond this chunk, ``(dh, dc)`` (None: truncated BPTT, the usual case)."""
         d = self.loss_layer.backward(dout)
+        incoming = dict(zip(map(id, self.rnn_layers), state_grads or []))
         for layer in reversed(self.layers):
-            d = layer.backward(d)
+            d = layer.backward(d, *(incoming.get(id(layer)) or ())) if id(layer) in incoming else layer.backward(d)
         if self.config["tie_weights"]:
             self.embed.grads[0] += self.affine.grads[0].T
         return d

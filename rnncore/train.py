@@ -15,6 +15,7 @@ import numpy as np
 
 from . import checkpoint
 from .data import RandomBatches, SequentialBatches
+from .checks import trusted_ids
 from .optim import clip_grads
 
 
@@ -43,11 +44,15 @@ def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True):
     model.reset_state()
     batches = (SequentialBatches if stateful else RandomBatches)(ids, batch_size, time_size)
     total, count = 0, 0
-    for xs, ts in batches:
-        if not stateful:
-            model.reset_state()
-        total = total + model.loss_layer.forward(model.predict(be.asarray(xs)), be.asarray(ts))
-        count += 1
+    V = model.config["vocab_size"]
+    if ids.min() < 0 or ids.max() >= V:
+        raise ValueError(f"the ids fall outside the model's vocabulary [0, {V - 1}]")
+    with trusted_ids():
+        for xs, ts in batches:
+            if not stateful:
+                model.reset_state()
+            total = total + model.loss_layer.forward(model.predict(be.asarray(xs)), be.asarray(ts))
+            count += 1
     model.set_state(saved)
     return perplexity(float(total) / count)
 
@@ -79,7 +84,8 @@ class Trainer:
     # the loop ----------------------------------------------------------------------
     def fit(self, epochs):
         """Train until ``epochs`` epochs are done; returns the per-epoch history."""
-        with _stop_on_ctrl_c() as stop:
+        self._check_corpus()
+        with _stop_on_ctrl_c() as stop, trusted_ids():
             while self.epoch < epochs:
                 self._run_epoch(epochs, stop)
                 self._end_epoch()
@@ -116,6 +122,13 @@ class Trainer:
                     raise TrainingInterrupted(self._interrupted_message())
                 if save_now:
                     self._save_last()
+
+    def _check_corpus(self):
+        """Ids checked once on the host, so device layers need not read them back each step."""
+        V = self.model.config["vocab_size"]
+        for name, ids in (("training", _all_ids(self.batches)), ("validation", self.valid_ids)):
+            if ids is not None and len(ids) and (ids.min() < 0 or ids.max() >= V):
+                raise ValueError(f"the {name} ids fall outside the model's vocabulary [0, {V - 1}]")
 
     def _check_losses(self, pending):
         """One device read for the whole interval; stop at the first non-finite loss."""
@@ -195,6 +208,10 @@ class Trainer:
     def _interrupted_message(self):
         where = f"; resume with --resume (state saved in {self.last_path})" if self.last_path else ""
         return f"interrupted at epoch {self.epoch + 1}, iteration {self.iteration}{where}"
+
+
+def _all_ids(batches):
+    return batches.ids if isinstance(batches, RandomBatches) else np.concatenate([batches.xs[:1], batches.ts])
 
 
 def last_checkpoint_path(best_path):

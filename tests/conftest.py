@@ -2,9 +2,10 @@
 
 Backends under test:
 - ``numpy`` and ``numba`` (skipped where numba is not installed);
-- ``cupy-emu``: the real cupy backend and its real ``kernels/*.cu``, compiled with g++
-  and run on the CPU by ``support/fake_cupy.py`` (skipped without g++);
-- ``cupy``: the real thing, marked ``gpu`` (skipped without CuPy and a device).
+- ``cupy-emu``, ``cupy-emu-fused``: the real cupy backend (per-step cuBLAS + gate kernels,
+  or the fused step kernels) and its real ``kernels/*.cu``, compiled with g++ and run on
+  the CPU by ``support/fake_cupy.py`` (skipped without g++);
+- ``cupy``, ``cupy-fused``: the real thing, marked ``gpu`` (skipped without CuPy and a device).
 """
 import importlib.util
 import os
@@ -26,32 +27,43 @@ DATA_DIR = Path(os.environ.get("RNNCORE_TEST_DATA", REPO.parent / "shared" / "da
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
 HAS_GPU = "cupy" in rnncore.available_backends()
-_emulated = None
+_made = {}
 
 
-def emulated_cupy():
-    global _emulated
-    if _emulated is None:
-        _emulated = CupyBackend(fake_cupy.make())
-        _emulated.name = "cupy-emu"
-    return _emulated
+def emulated_cupy(recurrence="cublas"):
+    """The cupy backend on the CPU stand-in; ``recurrence`` picks its per-step kernels."""
+    if recurrence not in _made:
+        be = CupyBackend(fake_cupy.make(), recurrence=recurrence)
+        be.name = "cupy-emu" if recurrence == "cublas" else f"cupy-emu-{recurrence}"
+        _made[recurrence] = be
+    return _made[recurrence]
+
+
+def real_cupy(recurrence):
+    key = ("gpu", recurrence)
+    if key not in _made:
+        _made[key] = CupyBackend(recurrence=recurrence)
+    return _made[key]
 
 
 def backend_by_name(name):
     if name == "numba" and not HAS_NUMBA:
         pytest.skip("numba is not installed")
-    if name == "cupy-emu":
+    if name.startswith("cupy-emu"):
         if not fake_cupy.compiler_available():
             pytest.skip("g++ is needed to run the CUDA kernels on the CPU")
-        return emulated_cupy()
-    if name == "cupy" and not HAS_GPU:
+        return emulated_cupy("fused" if name.endswith("fused") else "cublas")
+    if name.startswith("cupy") and not HAS_GPU:
         pytest.skip("needs CuPy and a CUDA device")
+    if name == "cupy-fused":
+        return real_cupy("fused")
     return rnncore.get_backend(name)
 
 
-CPU_BACKENDS = ["numpy", "numba", "cupy-emu"]
-ALL_BACKENDS = CPU_BACKENDS + [pytest.param("cupy", marks=pytest.mark.gpu)]
-OTHER_BACKENDS = ["numba", "cupy-emu", pytest.param("cupy", marks=pytest.mark.gpu)]
+CPU_BACKENDS = ["numpy", "numba", "cupy-emu", "cupy-emu-fused"]
+GPU_BACKENDS = [pytest.param(name, marks=pytest.mark.gpu) for name in ("cupy", "cupy-fused")]
+ALL_BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+OTHER_BACKENDS = CPU_BACKENDS[1:] + GPU_BACKENDS
 
 
 @pytest.fixture(params=ALL_BACKENDS)

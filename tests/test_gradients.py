@@ -159,3 +159,13 @@ def test_whole_stack_gradient(backend):
         for name, p, g in zip(layer.param_names, layer.params, layer.grads):
             analytic = backend.to_numpy(g).copy()
             assert_close_grad(numerical_grad(loss, p, backend), analytic, f"{layer.name} d{name}")
+
+
+def test_mse_loss_gradient(backend):
+    rng = np.random.default_rng(8)
+    ys, ts = to_backend(backend, [rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))])
+    layer = rnncore.TimeMSELoss(backend=backend)
+    layer.forward(ys, ts)
+    dys = backend.to_numpy(layer.backward(1.5)) / 1.5
+    assert_close_grad(numerical_grad(lambda: layer.forward(ys, ts), ys, backend), dys, "mse dys")
+    assert float(layer.forward(ts, ts)) == 0.0

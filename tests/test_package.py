@@ -117,3 +117,12 @@ def test_peak_memory_sees_a_large_allocation(backend):
         a = backend.xp.ones(size // 8, dtype="float64")
         del a
     assert size <= report.peak_bytes < 2 * size
+
+
+def test_readme_commands_are_what_ci_runs():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    test_command = 'pip install -e ".[numba,test]" && python -m pytest'
+    main_job = 'pip install ".[numba,bench]" && rnncore bench --quick'
+    assert test_command in readme and test_command in ci
+    assert main_job in readme

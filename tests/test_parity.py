@@ -28,6 +28,11 @@ def run_recurrent(backend, kind, params, xs, dhs, h0):
     return [backend.to_numpy(o) for o in outs]
 
 
+def _float64(params, xs, dhs, states):
+    return [p.astype(np.float64) for p in params], xs.astype(np.float64), dhs.astype(np.float64), [
+        s.astype(np.float64) for s in states]
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
 def test_recurrent_matches_numpy(other_backend, kind, dtype):
@@ -38,11 +43,17 @@ def test_recurrent_matches_numpy(other_backend, kind, dtype):
         params = random_params(rng, kind, D, H, dtype)
         xs, dhs = (rng.standard_normal(s).astype(dtype) for s in ((N, T, D), (N, T, H)))
         states = [rng.standard_normal((N, H)).astype(dtype) for _ in range(1 if kind == "rnn" else 2)]
-        expected = run_recurrent(rnncore.get_backend("numpy"), kind, params, xs, dhs, states)
+        numpy = rnncore.get_backend("numpy")
+        expected = run_recurrent(numpy, kind, params, xs, dhs, states)
         got = run_recurrent(other_backend, kind, params, xs, dhs, states)
-        for k, (e, g) in enumerate(zip(expected, got)):
+        exact = run_recurrent(numpy, kind, *_float64(params, xs, dhs, states))
+        for k, (e, g, x) in enumerate(zip(expected, got, exact)):
             assert g.dtype == dtype
-            assert rel_err(e, g) <= TOLERANCE[dtype], f"output {k}: {rel_err(e, g):.2e}"
+            # Where float32 itself is ill-conditioned (a sum that nearly cancels) no two
+            # float32 implementations agree to 1e-5; then the result must be as close to the
+            # float64 truth as the reference is.
+            assert rel_err(e, g) <= TOLERANCE[dtype] or rel_err(x, g) <= 2 * rel_err(x, e), (
+                f"output {k}: {rel_err(e, g):.2e} from the reference, {rel_err(x, g):.2e} from float64")
 
     check()
 
@@ -137,3 +148,20 @@ def test_numba_runs_scipy_blas_single_threaded():
     info = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
     assert all(info[path] == 1 for path in libs)
     assert be is not None
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("N, H", [(37, 45), (1, 33), (17, 3)])
+def test_fused_steps_on_row_and_unit_edges(kind, N, H):
+    """More rows than a lane keeps in registers (16), units that do not fill the last block."""
+    from conftest import backend_by_name
+
+    be = backend_by_name("cupy-emu-fused")
+    rng = np.random.default_rng(N * H)
+    params = random_params(rng, kind, 5, H, np.float64)
+    xs, dhs = (rng.standard_normal(s) for s in ((N, 4, 5), (N, 4, H)))
+    states = [rng.standard_normal((N, H)) for _ in range(1 if kind == "rnn" else 2)]
+    expected = run_recurrent(rnncore.get_backend("numpy"), kind, params, xs, dhs, states)
+    got = run_recurrent(be, kind, params, xs, dhs, states)
+    for e, g in zip(expected, got):
+        assert rel_err(e, g) <= 1e-12

@@ -8,6 +8,7 @@ Strict float32: CuPy's GEMMs use TF32 only if the user sets CUPY_TF32=1.
 """
 import contextlib
 import importlib
+import os
 
 import numpy as np
 
@@ -15,13 +16,28 @@ from .. import _kernels
 from .base import Backend, BackendNotAvailable, MemoryReport
 
 THREADS = 256  # threads per block; softmax_cross_entropy needs SOFTMAX_THREADS in training.cu to match
+STEP_WARPS = 4  # warps (hidden units) per block of a fused step kernel
+SHARED_LIMIT = 48 * 1024  # dynamic shared memory a block may use without opting in
 
 
 class CupyBackend(Backend):
+    """``recurrence``: how each step of a recurrence runs.
+
+    ``"cublas"`` (the default): one cuBLAS GEMM for the recurrent product, then one fused
+    kernel for the gate math, per step and direction. ``"fused"``: one kernel per step does
+    both (``*_step_*`` in kernels/*.cu), so no cuBLAS call sits inside the loop. The fused
+    path is tested on the CPU emulator but not yet timed on a GPU; it becomes the default
+    once it has been measured faster there. ``RNNCORE_CUPY_RECURRENCE`` sets it too.
+    """
+
     name = "cupy"
 
-    def __init__(self, cupy_module=None):
+    def __init__(self, cupy_module=None, recurrence=None, tf32=None):
         cp = cupy_module or importlib.import_module("cupy")
+        self.recurrence = recurrence or os.environ.get("RNNCORE_CUPY_RECURRENCE", "cublas")
+        self.tf32 = os.environ.get("RNNCORE_TF32") == "1" if tf32 is None else bool(tf32)
+        if self.recurrence not in ("cublas", "fused"):
+            raise ValueError(f"recurrence must be 'cublas' or 'fused', got {self.recurrence!r}")
         try:
             count = cp.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDA driver missing or broken
@@ -33,7 +49,18 @@ class CupyBackend(Backend):
         self._functions = {}
         sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._max_blocks = 32 * sms
+        if cupy_module is None:  # the real CuPy (the CPU stand-in has no cuBLAS modes)
+            self.set_tf32(self.tf32)
         super().__init__()
+
+    def set_tf32(self, on):
+        """Let cuBLAS round float32 GEMM inputs to TF32 (faster, about 1e-3 relative error), or
+        not. rnncore sets strict float32 when it starts, whatever CUPY_TF32 says, unless asked.
+        (CuPy's compute type is process-wide; the recurrences' own kernels are always float32.)"""
+        linalg = importlib.import_module("cupy._core._routines_linalg")
+        mode = linalg.COMPUTE_TYPE_TF32 if on else linalg.COMPUTE_TYPE_FP32
+        linalg.set_compute_type(np.float32, mode)
+        self.tf32 = bool(on)
 
     # arrays ----------------------------------------------------------------
     def to_numpy(self, a):
@@ -78,6 +105,8 @@ class CupyBackend(Backend):
 
     # recurrences -----------------------------------------------------------
     def rnn_forward(self, xw, h0, Wh):
+        if self.recurrence == "fused":
+            return self._rnn_forward_fused(xw, h0, Wh)
         cp = self.xp
         T, N, H = xw.shape
         step = self._function("rnn.cu", "rnn_forward_step", xw.dtype)
@@ -90,6 +119,8 @@ class CupyBackend(Backend):
         return xw
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
+        if self.recurrence == "fused":
+            return self._rnn_backward_fused(dhs, hs, h0, Wh, dh_T)
         cp = self.xp
         T, N, H = dhs.shape
         step = self._function("rnn.cu", "rnn_backward_step", dhs.dtype)
@@ -102,6 +133,8 @@ class CupyBackend(Backend):
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
+        if self.recurrence == "fused":
+            return self._lstm_forward_fused(xw, h0, c0, Wh)
         cp = self.xp
         T, N, G = xw.shape
         H = G // 4
@@ -117,6 +150,8 @@ class CupyBackend(Backend):
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
+        if self.recurrence == "fused":
+            return self._lstm_backward_fused(dhs, cs, gates, c0, Wh, self._start(dh_T, h0), self._start(dc_T, c0))
         cp = self.xp
         T, N, G = gates.shape
         H = G // 4
@@ -131,6 +166,73 @@ class CupyBackend(Backend):
             cp.matmul(gates[t], Wh.T, out=dh)
         return dh, dc
 
+    # fused steps: one launch per step and direction ----------------------------
+    def _step_launch(self, filename, kernel, dtype, H, N, columns_per_unit, args):
+        """Launch a fused step kernel: a block's warps own one hidden unit each; its shared
+        memory holds columns_per_unit * N values per warp (fewer warps if N is large)."""
+        itemsize = np.dtype(dtype).itemsize
+        warps = max(1, min(STEP_WARPS, SHARED_LIMIT // (columns_per_unit * N * itemsize)))
+        fn = self._function(filename, kernel, dtype)
+        fn((-(-H // warps),), (warps * 32,), args, shared_mem=warps * columns_per_unit * N * itemsize)
+
+    def _rnn_forward_fused(self, xw, h0, Wh):
+        cp = self.xp
+        T, N, H = xw.shape
+        WhT = cp.ascontiguousarray(Wh.T)
+        h = cp.ascontiguousarray(h0)
+        for t in range(T):
+            self._step_launch("rnn.cu", "rnn_step_forward", xw.dtype, H, N, 1, (xw[t], WhT, h, np.int32(N), np.int32(H)))
+            h = xw[t]
+        return xw
+
+    def _rnn_backward_fused(self, dhs, hs, h0, Wh, dh_T):
+        cp = self.xp
+        T, N, H = dhs.shape
+        dhs, Wh = cp.ascontiguousarray(dhs), cp.ascontiguousarray(Wh)
+        dxw = cp.empty_like(dhs)
+        for t in reversed(range(T)):
+            last = t == T - 1
+            nxt = self._start(dh_T, h0) if last else dxw[t + 1]
+            self._step_launch("rnn.cu", "rnn_step_backward", dhs.dtype, H, N, 1,
+                              (dxw[t], nxt, np.int32(not last), Wh, dhs[t], hs[t], np.int32(N), np.int32(H)))
+        return dxw, self._recurrent_dot(dxw[0], Wh)
+
+    def _lstm_forward_fused(self, xw, h0, c0, Wh):
+        cp = self.xp
+        T, N, G = xw.shape
+        H = G // 4
+        WhT = cp.ascontiguousarray(Wh.T)
+        hs = cp.empty((T, N, H), dtype=xw.dtype)
+        cs = cp.empty_like(hs)
+        h, c = cp.ascontiguousarray(h0), cp.ascontiguousarray(c0)
+        for t in range(T):
+            self._step_launch("lstm.cu", "lstm_step_forward", xw.dtype, H, N, 4,
+                              (xw[t], WhT, h, c, cs[t], hs[t], np.int32(N), np.int32(H)))
+            h, c = hs[t], cs[t]
+        return hs, cs
+
+    def _lstm_backward_fused(self, dhs, cs, gates, c0, Wh, dh, dc):
+        cp = self.xp
+        T, N, G = gates.shape
+        H = G // 4
+        dhs, Wh, c0 = cp.ascontiguousarray(dhs), cp.ascontiguousarray(Wh), cp.ascontiguousarray(c0)
+        for t in reversed(range(T)):
+            last = t == T - 1
+            nxt = dh if last else gates[t + 1]
+            c_prev = cs[t - 1] if t > 0 else c0
+            self._step_launch("lstm.cu", "lstm_step_backward", gates.dtype, H, N, 1,
+                              (gates[t], nxt, np.int32(not last), Wh, dhs[t], cs[t], c_prev, dc, np.int32(N), np.int32(H)))
+        return self._recurrent_dot(gates[0], Wh), dc
+
+    def _recurrent_dot(self, X, W):
+        """X @ W^T for the gradient reaching h0: X (N, K), W (J, K)."""
+        N, K = X.shape
+        J = W.shape[0]
+        out = self.xp.empty((N, J), dtype=X.dtype)
+        self._step_launch("rnn.cu", "recurrent_dot", X.dtype, J, N, 1,
+                          (out, X, W, np.int32(N), np.int32(K), np.int32(J)))
+        return out
+
     # the rest of a training step ------------------------------------------
     def embedding_scatter_add(self, dW, ids, dout):
         cp = self.xp
@@ -138,6 +240,18 @@ class CupyBackend(Backend):
         fn = self._function("training.cu", "embedding_scatter_add", dW.dtype)
         ids = cp.ascontiguousarray(ids, dtype=cp.int32)
         self._launch(fn, M * D, (dW, ids, cp.ascontiguousarray(dout), np.int64(M), np.int32(D)))
+
+    def dropout_mask(self, shape, ratio, dtype):
+        mask = self.rng.random(shape, dtype=dtype)
+        fn = self._function("training.cu", "keep_mask", mask.dtype)
+        self._launch(fn, mask.size, (mask, dtype.type(ratio), dtype.type(1.0 / (1.0 - ratio)), np.int64(mask.size)))
+        return mask
+
+    def axpy_(self, alpha, x, y):
+        if not (y.flags.c_contiguous and x.shape == y.shape and x.dtype == y.dtype):
+            return super().axpy_(alpha, x, y)
+        fn = self._function("training.cu", "axpy", y.dtype)
+        self._launch(fn, y.size, (y, self.xp.ascontiguousarray(x), y.dtype.type(alpha), np.int64(y.size)))
 
     def softmax_cross_entropy(self, scores, labels):
         cp = self.xp

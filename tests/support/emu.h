@@ -31,7 +31,7 @@ struct dim3 {
 namespace emu {
 inline dim3 grid_dim, block_dim, block_idx, thread_idx;
 
-enum State { RUNNABLE, AT_BLOCK_BARRIER, AT_GRID_BARRIER, DONE };
+enum State { RUNNABLE, AT_WARP_BARRIER, AT_BLOCK_BARRIER, AT_GRID_BARRIER, DONE };
 // A fiber starts once through makecontext/setcontext; every later switch is a
 // _setjmp/_longjmp pair, which (unlike swapcontext) makes no system call.
 struct Fiber {
@@ -40,8 +40,9 @@ struct Fiber {
     bool started;
     char* stack;
     dim3 block, thread;
-    unsigned block_rank;
+    unsigned block_rank, first_of_block, rank_in_block, warp_id;
     State state;
+    double exchange;  // what this lane offers in a warp shuffle
 };
 constexpr std::size_t STACK_BYTES = 64 * 1024;
 inline jmp_buf scheduler;
@@ -49,6 +50,8 @@ inline std::vector<Fiber> fibers;
 inline std::vector<std::unique_ptr<char[]>> stacks;  // reused across launches
 inline Fiber* current = nullptr;
 inline std::function<void()> body;
+inline std::vector<std::vector<unsigned char>> block_shared;  // dynamic shared memory, one per live block
+inline unsigned char* shared_now = nullptr;
 
 inline void wait(State barrier) {
     if (current == nullptr) {  // a synchronizing call in the sequential path
@@ -86,8 +89,23 @@ inline void resume(Fiber& f) {
 #define __restrict__
 #define __shared__ static
 #define __launch_bounds__(...)
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::shared_now)
 
 inline void __syncthreads() { emu::wait(emu::AT_BLOCK_BARRIER); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::wait(emu::AT_WARP_BARRIER); }
+
+// Every lane of the warp offers its value, waits for the whole warp, reads its partner's,
+// and waits again before anyone offers the next value: __shfl_xor_sync's contract.
+template <typename T>
+T __shfl_xor_sync(unsigned, T value, int lane_mask) {
+    emu::Fiber* me = emu::current;
+    me->exchange = static_cast<double>(value);
+    emu::wait(emu::AT_WARP_BARRIER);
+    unsigned partner = (me->rank_in_block & ~31u) | ((me->rank_in_block & 31u) ^ unsigned(lane_mask));
+    T got = static_cast<T>(emu::fibers[me->first_of_block + partner].exchange);
+    emu::wait(emu::AT_WARP_BARRIER);
+    return got;
+}
 inline void emu_grid_sync() { emu::wait(emu::AT_GRID_BARRIER); }
 using std::max;
 using std::min;
@@ -108,6 +126,7 @@ void invoke(void (*kernel)(P...), void** args, std::index_sequence<I...>) {
 inline void set_indices(const Fiber& f) {
     block_idx = f.block;
     thread_idx = f.thread;
+    shared_now = block_shared[block_shared.size() == 1 ? 0 : f.block_rank].data();
 }
 
 // Resume runnable fibers until every one is done; open barriers as they fill.
@@ -123,17 +142,22 @@ inline void schedule(unsigned blocks) {
         }
         current = nullptr;
         std::vector<int> live(blocks, 0), waiting(blocks, 0);
+        std::vector<int> warp_live(fibers.size() + 1, 0), warp_waiting(fibers.size() + 1, 0);
         int live_all = 0, at_grid = 0;
+        auto warp_of = [](const Fiber& f) { return f.warp_id; };
         for (auto& f : fibers) {
             if (f.state == DONE) continue;
             ++live[f.block_rank];
             ++live_all;
+            ++warp_live[warp_of(f)];
             waiting[f.block_rank] += f.state == AT_BLOCK_BARRIER;
+            warp_waiting[warp_of(f)] += f.state == AT_WARP_BARRIER;
             at_grid += f.state == AT_GRID_BARRIER;
         }
         if (live_all == 0) return;
         bool opened = false;
         for (auto& f : fibers) {
+            if (f.state == AT_WARP_BARRIER && warp_waiting[warp_of(f)] == warp_live[warp_of(f)]) f.state = RUNNABLE, opened = true;
             if (f.state == AT_BLOCK_BARRIER && waiting[f.block_rank] == live[f.block_rank]) f.state = RUNNABLE, opened = true;
             if (f.state == AT_GRID_BARRIER && at_grid == live_all) f.state = RUNNABLE, opened = true;
         }
@@ -147,7 +171,7 @@ inline void schedule(unsigned blocks) {
 // cooperative: all blocks live at once (grid sync); otherwise one block at a time.
 template <typename... P>
 void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, void** args, bool synchronizes,
-            bool cooperative) {
+            bool cooperative, unsigned shared_bytes) {
     grid_dim = {grid[0], grid[1], grid[2]};
     block_dim = {block[0], block[1], block[2]};
     unsigned blocks = grid[0] * grid[1] * grid[2], threads = block[0] * block[1] * block[2];
@@ -163,6 +187,9 @@ void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, v
             for (unsigned y = 0; y < block[1]; ++y)
                 for (unsigned x = 0; x < block[0]; ++x) fn(dim3{x, y, z});
     };
+    // Poisoned, not zeroed: a kernel that reads shared memory it never wrote should fail here too.
+    block_shared.assign(cooperative ? blocks : 1, std::vector<unsigned char>(shared_bytes + 16, 0xA5));
+    shared_now = block_shared[0].data();
     if (!synchronizes) {
         each_block([&](dim3 b, unsigned) {
             block_idx = b;
@@ -175,10 +202,13 @@ void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, v
     }
     body = run_one;
     auto make_fibers = [&](dim3 b, unsigned rank) {
+        unsigned first = fibers.size(), k = 0, warps_per_block = (threads + 31) / 32;
         each_thread([&](dim3 t) {
             fibers.emplace_back();
             Fiber& f = fibers.back();
             f.block = b, f.thread = t, f.block_rank = rank, f.state = RUNNABLE;
+            f.first_of_block = first, f.rank_in_block = k;
+            f.warp_id = rank * warps_per_block + k++ / 32;  // warp ids < fibers.size() + 1
         });
     };
     auto start_fibers = [&] {
@@ -202,6 +232,7 @@ void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, v
         schedule(blocks);
     } else {
         each_block([&](dim3 b, unsigned) {
+            std::fill(block_shared[0].begin(), block_shared[0].end(), 0xA5);
             fibers.clear();
             fibers.reserve(threads);
             make_fibers(b, 0);

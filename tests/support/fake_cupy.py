@@ -22,6 +22,7 @@ _FLAGS = ("-std=c++20", "-O1", "-shared", "-fPIC")
 _SCALARS = {
     np.dtype(np.int32): ctypes.c_int32,
     np.dtype(np.int64): ctypes.c_int64,
+    np.dtype(np.uint64): ctypes.c_uint64,
     np.dtype(np.float32): ctypes.c_float,
     np.dtype(np.float64): ctypes.c_double,
 }
@@ -34,11 +35,11 @@ def compiler_available():
 class RawModule:
     def __init__(self, code, options=(), name_expressions=(), enable_cooperative_groups=False):
         self.names = list(name_expressions)
-        synchronizes = "__syncthreads" in code or "grid.sync" in code
+        synchronizes = any(word in code for word in ("__syncthreads", "__shfl", "__syncwarp", "grid_sync"))
         flags = f"{str(synchronizes).lower()}, {str(enable_cooperative_groups).lower()}"
         wrappers = "".join(
-            f'extern "C" void emu_launch_{k}(const unsigned* g, const unsigned* b, void** a)'
-            f" {{ emu::launch(&{name}, g, b, a, {flags}); }}\n"
+            f'extern "C" void emu_launch_{k}(const unsigned* g, const unsigned* b, void** a, unsigned s)'
+            f" {{ emu::launch(&{name}, g, b, a, {flags}, s); }}\n"
             for k, name in enumerate(self.names)
         )
         source = f'#include "emu.h"\n{code}\n{wrappers}'
@@ -72,7 +73,7 @@ class _Function:
     def __call__(self, grid, block, args, shared_mem=0):
         holders = [_argument(a) for a in args]
         pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
-        self.entry(_dims(grid), _dims(block), pointers)
+        self.entry(_dims(grid), _dims(block), pointers, ctypes.c_uint(shared_mem))
 
 
 def _dims(d):

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call of the device tool (its $OUT collects the logs):
+#   tests marked gpu, compute-sanitizer on every kernel, the benchmark suite beside cuDNN,
+#   the truncation sweep, and a short BetterRnnlm run on PTB data (carried in shared/data).
+set -uo pipefail
+OUT=${OUT:-/tmp/rnncore-gpu}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -m pytest -m gpu -q -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" | tail -25
+for tool in memcheck racecheck synccheck; do
+  compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/sanitize.py > "$OUT/sanitizer-$tool.log" 2>&1
+  echo "compute-sanitizer $tool: exit $?"
+done
+python3 -m pytest benchmarks -q --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
+python3 benchmarks/ratios.py "$OUT/bench.json" | tee "$OUT/ratios.txt"
+python3 -m rnncore.cli bench --quick --json "$OUT/sweep.json" --plot "$OUT/sweep.png" > "$OUT/sweep.txt" 2>&1
+tail -40 "$OUT/sweep.txt"

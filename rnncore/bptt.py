@@ -1,0 +1,97 @@
+"""BPTT over a whole token stream: truncated (regular or randomized), and full BPTT with
+checkpointing, for a ``RecurrentLM``.
+
+Every pass returns the mean loss over the stream and gradients of that mean, summed
+into fresh arrays, so passes with different truncations compare directly.
+
+``checkpointed_pass`` gives full-BPTT gradients in memory that grows like sqrt(L): the
+forward keeps only the recurrent state at the start of every ``segment`` steps; backward
+walks the segments in reverse, recomputes each one's forward from its saved state, and
+feeds the gradient of its last state into it (``model.backward(state_grads=...)``).
+With ``segment`` ~ sqrt(L) that is sqrt(L) saved states plus one segment of activations,
+for one extra forward pass (about a third more time).
+"""
+import numpy as np
+
+
+def regular_lengths(L, T):
+    """Chunks of T steps (the last one shorter)."""
+    return [min(T, L - t0) for t0 in range(0, L, T)]
+
+
+def randomized_lengths(L, T, seed=0):
+    """Chunk lengths drawn uniformly from [ceil(T/2), floor(3T/2)], mean T (d2l 9.7's randomized
+    truncation: the cut points vary, so no step is always the first of a chunk)."""
+    rng = np.random.default_rng(seed)
+    lo, hi = max(1, (T + 1) // 2), max(1, 3 * T // 2)
+    lengths, total = [], 0
+    while total < L:
+        n = min(int(rng.integers(lo, hi + 1)), L - total)
+        lengths.append(n)
+        total += n
+    return lengths
+
+
+def truncated_pass(model, xs, ts, lengths):
+    """Truncated BPTT: the state flows from chunk to chunk, gradients stop at each chunk start."""
+    be, L = model.backend, xs.shape[1]
+    grads = [be.xp.zeros_like(g) for g in model.grads]
+    model.reset_state()
+    loss, t0 = 0.0, 0
+    for T in lengths:
+        weight = T / L  # the chunk's share of the stream's mean loss
+        loss = loss + weight * model.forward(xs[:, t0 : t0 + T], ts[:, t0 : t0 + T])
+        model.backward(weight)
+        _add(be, grads, model.grads)
+        t0 += T
+    return loss, grads
+
+
+def checkpointed_pass(model, xs, ts, segment):
+    """Full BPTT over the stream, keeping only every ``segment``-th recurrent state."""
+    be, L = model.backend, xs.shape[1]
+    bounds = [(t0, min(t0 + segment, L)) for t0 in range(0, L, segment)]
+    model.reset_state()
+    starts, rng_states, loss = [], [], 0.0
+    for t0, t1 in bounds:
+        starts.append(_copy_states(model))
+        rng_states.append(_rng_state(be))
+        loss = loss + (t1 - t0) / L * model.forward(xs[:, t0:t1], ts[:, t0:t1])
+    grads = [be.xp.zeros_like(g) for g in model.grads]
+    state_grads = None
+    for k in reversed(range(len(bounds))):
+        t0, t1 = bounds[k]
+        if k < len(bounds) - 1:  # the last segment's activations are still cached
+            _restore(model, starts[k], rng_states[k])
+            model.forward(xs[:, t0:t1], ts[:, t0:t1])
+        model.backward((t1 - t0) / L, state_grads=state_grads)
+        state_grads = [(r.dh, getattr(r, "dc", None)) for r in model.rnn_layers]
+        _add(be, grads, model.grads)
+    return loss, grads
+
+
+def _add(be, total, grads):
+    for t, g in zip(total, grads):
+        be.axpy_(1.0, g, t)
+
+
+def _copy_states(model):
+    return [[None if getattr(r, s) is None else getattr(r, s).copy() for s in r.state_names]
+            for r in model.rnn_layers]
+
+
+def _rng_state(be):
+    bitgen = getattr(be.rng, "bit_generator", None)
+    return None if bitgen is None else bitgen.state
+
+
+def _restore(model, states, rng_state):
+    for rnn, st in zip(model.rnn_layers, states):
+        if st[0] is None:
+            rnn.reset_state()
+        else:
+            rnn.set_state(*st)
+    if rng_state is not None:
+        model.backend.rng.bit_generator.state = rng_state
+    elif model.dropouts:
+        raise ValueError("checkpointed_pass with dropout needs a backend generator whose state can be restored")

@@ -1,0 +1,138 @@
+"""Checkpointed (memory-efficient) BPTT: the same gradients as the plain pass, in less memory."""
+import numpy as np
+import pytest
+from conftest import random_params, to_backend
+from gradcheck import assert_close_grad, numerical_grad
+
+import rnncore
+from rnncore import bptt
+from rnncore.models import RecurrentLM
+
+
+def layer(backend, kind, params, checkpoint=None):
+    cls = rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM
+    return cls(*to_backend(backend, params), stateful=True, checkpoint=checkpoint, backend=backend)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("checkpoint", [1, 3, 7, 50])
+def test_layer_checkpointing_changes_nothing_but_memory(backend, kind, checkpoint):
+    rng = np.random.default_rng(checkpoint)
+    N, T, D, H = 3, 10, 4, 5
+    params = random_params(rng, kind, D, H, np.float64)
+    xs, dhs = (backend.asarray(rng.standard_normal(s)) for s in ((N, T, D), (N, T, H)))
+    states = to_backend(backend, [rng.standard_normal((N, H)) for _ in range(1 if kind == "rnn" else 2)])
+    incoming = to_backend(backend, [rng.standard_normal((N, H)) for _ in states])
+    results = []
+    for k in (None, checkpoint):
+        lay = layer(backend, kind, params, k)
+        lay.set_state(*states)
+        hs = lay.forward(xs)
+        dxs = lay.backward(dhs, *incoming)
+        outs = [hs, dxs, *lay.grads, lay.h, lay.dh] + ([lay.c, lay.dc] if kind == "lstm" else [])
+        results.append([backend.to_numpy(o).copy() for o in outs])
+    for plain, ckpt in zip(*results):
+        np.testing.assert_allclose(ckpt, plain, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_incoming_state_gradient_is_the_derivative(kind):
+    """backward(dhs, dh_next, dc_next) is the gradient of sum(hs*w) + dh_next.h_T + dc_next.c_T."""
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(4)
+    N, T, D, H = 2, 4, 3, 3
+    lay = layer(be, kind, random_params(rng, kind, D, H, np.float64), checkpoint=3)
+    xs, w = rng.standard_normal((N, T, D)), rng.standard_normal((N, T, H))
+    incoming = [rng.standard_normal((N, H)) for _ in lay.state_names]
+
+    def loss():
+        lay.reset_state()
+        out = (lay.forward(xs) * w).sum()
+        return out + sum((g * getattr(lay, s)).sum() for g, s in zip(incoming, lay.state_names))
+
+    loss()
+    lay.backward(w, *incoming)
+    analytic = [g.copy() for g in lay.grads]
+    for name, p, g in zip(lay.param_names, lay.params, analytic):
+        assert_close_grad(numerical_grad(loss, p, be), g, f"d{name}")
+
+
+def test_layer_checkpointing_saves_lstm_memory():
+    """What a TimeLSTM holds between forward and backward: x, h, c and 4 gates per step
+    plainly; x, h and one state per segment when checkpointed."""
+    import tracemalloc
+
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(0)
+    N, T, D, H = 8, 400, 32, 64
+    params = random_params(rng, "lstm", D, H, np.float32)
+    xs = rng.standard_normal((N, T, D)).astype(np.float32)
+    held = {}
+    tracemalloc.start()
+    try:
+        for k in (None, 20):
+            lay = layer(be, "lstm", params, k)
+            before = tracemalloc.get_traced_memory()[0]
+            lay.forward(xs)
+            held[k] = tracemalloc.get_traced_memory()[0] - before
+            lay.backward(np.ones((N, T, H), np.float32))
+    finally:
+        tracemalloc.stop()
+    step = N * 4  # bytes per unit per step
+    assert held[None] == pytest.approx(T * step * (D + 6 * H), rel=0.05)
+    assert held[20] == pytest.approx(T * step * (D + H) + (T // 20) * step * 2 * H, rel=0.05)
+
+
+def model(backend, cell="lstm", **kw):
+    return RecurrentLM(13, 6, 6, cell=cell, num_layers=2, backend=backend, dtype="float64", seed=2, **kw)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("segment", [1, 6, 37])
+def test_checkpointed_pass_equals_full_bptt(backend, cell, segment):
+    rng = np.random.default_rng(segment)
+    xs, ts = (backend.asarray(rng.integers(0, 13, size=(3, 37))) for _ in range(2))
+    m = model(backend, cell, tie_weights=True)
+    full_loss, full = bptt.truncated_pass(m, xs, ts, [37])
+    loss, grads = bptt.checkpointed_pass(m, xs, ts, segment)
+    assert float(loss) == pytest.approx(float(full_loss), rel=1e-12)
+    for a, b in zip(full, grads):
+        np.testing.assert_allclose(backend.to_numpy(b), backend.to_numpy(a), rtol=1e-10, atol=1e-13)
+
+
+def test_checkpointed_pass_memory_grows_like_sqrt_L():
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(0)
+    m = RecurrentLM(32, 32, 64, cell="lstm", backend=be, seed=0)
+    peaks = {}
+    for L in (400, 1600):
+        xs, ts = (rng.integers(0, 32, size=(8, L)) for _ in range(2))
+        for name, run in (("full", lambda: bptt.truncated_pass(m, xs, ts, [L])),
+                          ("checkpointed", lambda: bptt.checkpointed_pass(m, xs, ts, int(np.sqrt(L))))):
+            with be.peak_memory() as report:
+                run()
+            peaks[name, L] = report.peak_bytes
+    assert 3.2 < peaks["full", 1600] / peaks["full", 400] < 4.5  # linear in L
+    assert peaks["checkpointed", 1600] / peaks["checkpointed", 400] < 2.6  # about sqrt(4) = 2
+    assert peaks["checkpointed", 1600] < peaks["full", 1600] / 5
+
+
+def test_truncated_pass_with_one_chunk_is_a_plain_step():
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(1)
+    xs, ts = (rng.integers(0, 13, size=(2, 9)) for _ in range(2))
+    m = model(be)
+    loss, grads = bptt.truncated_pass(m, xs, ts, [9])
+    m.reset_state()
+    assert float(m.forward(xs, ts)) == pytest.approx(float(loss), rel=1e-14)
+    m.backward()
+    for a, b in zip(grads, m.grads):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+
+
+def test_truncation_lengths():
+    assert bptt.regular_lengths(10, 4) == [4, 4, 2]
+    lengths = bptt.randomized_lengths(10_000, 20, seed=3)
+    assert sum(lengths) == 10_000 and min(lengths) >= 1 and max(lengths) <= 30
+    assert abs(np.mean(lengths) - 20) < 1
+    assert len(set(lengths)) > 5
