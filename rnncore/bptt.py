@@ -81,8 +81,9 @@ def _copy_states(model):
 
 
 def _rng_state(be):
-    bitgen = getattr(be.rng, "bit_generator", None)
-    return None if bitgen is None else bitgen.state
+    """NumPy's generator state (a dict); None where the backend's generator cannot be restored."""
+    state = getattr(getattr(be.rng, "bit_generator", None), "state", None)
+    return state if isinstance(state, dict) else None
 
 
 def _restore(model, states, rng_state):
@@ -93,5 +94,6 @@ def _restore(model, states, rng_state):
             rnn.set_state(*st)
     if rng_state is not None:
         model.backend.rng.bit_generator.state = rng_state
-    elif model.dropouts:
-        raise ValueError("checkpointed_pass with dropout needs a backend generator whose state can be restored")
+    elif model.dropouts and any(d.ratio for d in model.dropouts):
+        raise ValueError(f"checkpointed_pass with dropout needs a generator whose state can be restored; the "
+                         f"{model.backend.name} backend's cannot, so recomputed masks would differ")

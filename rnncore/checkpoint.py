@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Vocab
+from .data import Vocab, _default_mode
 from .models import build_model
 
 FORMAT = "rnncore-checkpoint-1"
@@ -55,6 +55,7 @@ def _write_atomically(path, data):
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -75,13 +76,16 @@ def load(path, backend=None):
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        with np.load(path, allow_pickle=False) as f:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single array, not an .npz archive")
+        with loaded as f:
             meta = json.loads(str(f["meta"]))
             arrays = {k: f[k] for k in f.files if k != "meta"}
     except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{path} is not a readable rnncore checkpoint ({exc})") from exc
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an rnncore checkpoint (format {meta.get('format')!r})")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an rnncore checkpoint")
     try:
         model = build_model(meta["model"], backend=backend)
         for k, p in enumerate(model.params):

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 PRESETS = {
@@ -30,6 +31,10 @@ DEFAULTS = dict(corpus="ptb", level=None, limit=None, model="rnnlm", wordvec=100
                 tie=False, batch_size=20, time_size=35, lr=20.0, optimizer="sgd", epochs=4, max_grad=0.25,
                 lr_decay=0, batching="sequential", eval_interval=20, dtype="float32")
 MODEL_CELLS = {"simple": "rnn", "rnnlm": "lstm", "better": "lstm"}
+# what --model brings with it (a preset or explicit options still override)
+MODEL_DEFAULTS = {"simple": {}, "rnnlm": {}, "better": dict(wordvec=650, hidden=650, layers=2, dropout=0.5, tie=True)}
+# settings that a resumed run may change; the rest are the checkpoint's
+RESUME_MAY_CHANGE = {"epochs", "lr", "max_grad", "lr_decay", "eval_interval"}
 
 
 class UsageError(Exception):
@@ -72,7 +77,7 @@ def build_parser():
                    "char for timemachine)")
     t.add_argument("--limit", type=_positive(int), help="train on the first LIMIT tokens only (vocabulary too)")
     t.add_argument("--model", choices=sorted(MODEL_CELLS), help="simple (tanh RNN), rnnlm (LSTM), better "
-                   "(2 LSTMs, dropout, tied weights)")
+                   "(2 LSTMs of 650, dropout 0.5, tied weights); its sizes can be overridden")
     t.add_argument("--wordvec", type=_positive(int), help="embedding size")
     t.add_argument("--hidden", type=_positive(int), help="hidden size")
     t.add_argument("--layers", type=_positive(int), help="number of recurrent layers")
@@ -93,7 +98,9 @@ def build_parser():
     t.add_argument("--dtype", choices=["float32", "float64"], help="parameter precision (default float32)")
     t.add_argument("--checkpoint", help="best model goes here, resumable state beside it as NAME.last.npz "
                    "(default runs/<preset or model>.npz)")
-    t.add_argument("--resume", action="store_true", help="continue from the .last checkpoint of --checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue from the .last checkpoint of --checkpoint "
+                   "(only --epochs, --lr, --max-grad, --lr-decay, --eval-interval may change)")
+    t.add_argument("--overwrite", action="store_true", help="start afresh even if --checkpoint holds a run")
     t.add_argument("--save-every", type=_positive(int), help="also save the resumable state every N iterations")
     t.add_argument("--metrics", help="write per-epoch perplexities and the test perplexity as JSON here")
     t.add_argument("--plot", help="write the perplexity curve as a PNG here (needs matplotlib)")
@@ -129,27 +136,53 @@ def build_parser():
 
 
 def train_settings(args, saved=None):
-    """DEFAULTS, then the preset, then a resumed run's settings, then every option given on the command line."""
-    settings = dict(DEFAULTS)
-    if args.preset:
-        settings.update(PRESETS[args.preset])
-    settings.update(saved or {})
-    settings.update({k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None})
+    """DEFAULTS, the model's defaults, the preset, a resumed run's settings, then every option given."""
+    given = {k: v for k, v in vars(args).items() if k in DEFAULTS and v is not None}
+    preset = PRESETS[args.preset] if args.preset else {}
+    model = given.get("model") or preset.get("model") or (saved or {}).get("model") or DEFAULTS["model"]
+    settings = {**DEFAULTS, **MODEL_DEFAULTS[model], **preset, **(saved or {})}
+    if saved:
+        for key, value in given.items():
+            if key not in RESUME_MAY_CHANGE and value != saved.get(key):
+                option = "--" + key.replace("_", "-")
+                raise UsageError(f"rnncore train: {option} cannot change when resuming "
+                                 f"(the checkpoint was trained with {saved.get(key)!r})")
+    settings.update(given)
     if not 0 <= settings["dropout"] < 1:
         raise UsageError(f"rnncore train: --dropout must be in [0, 1), got {settings['dropout']}")
     if settings["tie"] and settings["wordvec"] != settings["hidden"]:
         raise UsageError("rnncore train: --tie needs --wordvec equal to --hidden")
+    if not (math.isfinite(settings["max_grad"]) and settings["max_grad"] >= 0):
+        raise UsageError(f"rnncore train: --max-grad must be 0 (no clipping) or positive, got {settings['max_grad']}")
+    if not (settings["lr_decay"] == 0 or (math.isfinite(settings["lr_decay"]) and settings["lr_decay"] >= 1)):
+        raise UsageError(f"rnncore train: --lr-decay must be 0 (never) or at least 1, got {settings['lr_decay']}")
     return settings
+
+
+def _checkpoint_target(path, resume, overwrite):
+    """Refuse to clobber an earlier run, and find out now (not after an epoch) if we cannot write."""
+    from .train import last_checkpoint_path
+
+    if not resume and not overwrite and (path.exists() or last_checkpoint_path(path).exists()):
+        raise UsageError(f"rnncore train: {path} already holds a run; continue it with --resume, "
+                         "or pass --overwrite to start over")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise UsageError(f"rnncore train: cannot write checkpoints to {path.parent} ({exc.strerror})") from exc
 
 
 def cmd_train(args):
     from . import checkpoint, data, optim
     from .backends import get_backend
     from .models import RecurrentLM
-    from .train import Trainer, evaluate_perplexity, last_checkpoint_path
+    from .train import Trainer, evaluate_perplexity, evaluation_rows, last_checkpoint_path
 
     name = args.preset or args.model or DEFAULTS["model"]
     ckpt_path = Path(args.checkpoint or f"runs/{name}.npz")
+    _checkpoint_target(ckpt_path, args.resume, args.overwrite)
     be = get_backend(args.backend)
     be.seed(args.seed)
     resume_from = checkpoint.load(last_checkpoint_path(ckpt_path), backend=be) if args.resume else None
@@ -170,11 +203,14 @@ def cmd_train(args):
                       progress=not args.quiet, run=run)
     if resume_from:
         trainer.resume(resume_from)
+        if args.lr is not None:  # the one optimizer setting a resumed run may change
+            trainer.optimizer.lr = args.lr
     _log(f"training {name} on {cfg['corpus']} ({len(corpus['train'])} tokens, vocabulary {len(corpus.vocab)}) "
          f"with the {be.name} backend; checkpoint {ckpt_path}")
     history = trainer.fit(cfg["epochs"])
     best = checkpoint.load(ckpt_path, backend=be).model
-    test_ppl = evaluate_perplexity(best, corpus["test"], 10, cfg["time_size"], batches.stateful)
+    test_ppl = evaluate_perplexity(best, corpus["test"], evaluation_rows(corpus["test"], cfg["time_size"]),
+                                   cfg["time_size"], batches.stateful)
     _log(f"test perplexity {test_ppl:.2f} (best checkpoint: {ckpt_path})")
     if args.metrics:
         _write_json(args.metrics, {"settings": cfg, "backend": be.name, "epochs": history, "test_ppl": test_ppl,
@@ -213,7 +249,7 @@ def cmd_eval(args):
     from . import checkpoint, data
     from .backends import get_backend
     from .ngram import ngram_perplexity
-    from .train import evaluate_perplexity
+    from .train import evaluate_perplexity, evaluation_rows
 
     ckpt = checkpoint.load(args.checkpoint, backend=get_backend(args.backend))
     settings = ckpt.run.get("settings", {})
@@ -224,7 +260,8 @@ def cmd_eval(args):
                               vocab=ckpt.vocab)
     ids = corpus[args.split]
     stateful = settings.get("batching", "sequential") == "sequential"
-    ppl = evaluate_perplexity(ckpt.model, ids, 10, settings.get("time_size", 35), stateful)
+    time_size = settings.get("time_size", 35)
+    ppl = evaluate_perplexity(ckpt.model, ids, evaluation_rows(ids, time_size), time_size, stateful)
     print(f"{args.checkpoint}: {args.split} perplexity {ppl:.2f} ({len(ids)} tokens)")
     orders = [int(n) for n in args.ngram.split(",") if n.strip()] if args.ngram else []
     for n in orders:
@@ -287,6 +324,12 @@ def main(argv=None):
     except (TrainingInterrupted, KeyboardInterrupt) as exc:
         print(f"stopped: {exc or 'interrupted'}", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours: still one line, and the way to see more
+        if os.environ.get("RNNCORE_DEBUG"):
+            raise
+        print(f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())} "
+              "(set RNNCORE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ def download(url, target, sha256, progress=True, timeout=60):
                 f"{url} has SHA-256 {digest.hexdigest()}, expected {sha256}; "
                 "the file was not kept. The mirror may be serving something else"
             )
+        os.chmod(tmp, _default_mode())
         os.replace(tmp, target)
         return target
     except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -102,6 +103,13 @@ def download(url, target, sha256, progress=True, timeout=60):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _default_mode():
+    """The mode a plain open() would give (temp files are created 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def _report_download(name, done, total):
@@ -123,12 +131,13 @@ def tokenize(text, level="word"):
     """Word level: whitespace tokens, each newline an ``<eos>`` (PTB's convention).
 
     Char level: d2l's Time Machine convention, letters lowercased and every run of
-    anything else one space.
+    anything else one space (letters of any script; for English text that is exactly
+    d2l's ``[^A-Za-z]+``).
     """
     if level == "word":
         return [tok for line in text.splitlines() for tok in line.split() + ["<eos>"]]
     if level == "char":
-        return list(re.sub("[^A-Za-z]+", " ", text).lower().strip())
+        return list(re.sub(r"[\W\d_]+", " ", text).lower().strip())
     raise ValueError(f"tokenize: level must be 'word' or 'char', got {level!r}")
 
 

@@ -26,11 +26,14 @@ def generate(model, vocab, prefix, length=50, temperature=1.0, top_k=None, greed
     model.reset_state()
     ids = vocab.encode(tokens)
     out = list(ids)
-    scores = _last_scores(model, be, ids)
-    for _ in range(length):
-        next_id = pick(scores, rng, temperature, top_k, greedy, Vocab.UNK in vocab and exclude_unk)
-        out.append(next_id)
-        scores = _last_scores(model, be, np.array([next_id], dtype=np.int32))
+    try:
+        scores = _last_scores(model, be, ids)
+        for _ in range(length):
+            next_id = pick(scores, rng, temperature, top_k, greedy, Vocab.UNK in vocab and exclude_unk)
+            out.append(next_id)
+            scores = _last_scores(model, be, np.array([next_id], dtype=np.int32))
+    finally:
+        model.reset_state()  # a batch of one must not linger into training
     return join_tokens(vocab.decode(out), level)
 
 

@@ -6,10 +6,13 @@ Public shapes are batch-major ``(N, T, D)``. Inside, data is time-major ``(T, N,
 a layer returns its output as a transposed view of a time-major buffer, so the next
 layer's ``time_major()`` is free and no activation is copied between layers.
 """
+import numbers
+
 import numpy as np
 
 from .backends import get_backend
 from .checks import (
+    FLOAT_DTYPES,
     check_params,
     expect_backend_array,
     expect_float,
@@ -40,7 +43,8 @@ class Layer:
         self.xp = self.backend.xp
         self.params = list(params)
         self.dtype = check_params(self.name, self.backend, self.param_names, self.params) if params else None
-        self.grads = [self.xp.zeros_like(p) for p in self.params]
+        # C order whatever the parameter's layout: kernels index gradients row-major
+        self.grads = [self.xp.zeros(p.shape, dtype=p.dtype) for p in self.params]
         self._cache = None
 
     @property
@@ -58,11 +62,18 @@ class Layer:
             expect_float(where, name, x, self.dtype)
         return x.shape
 
-    def _take_cache(self):
+    def _forward_cache(self):
+        """What forward saved. It is dropped only once backward has checked its arguments, so a
+        call with a bad argument can be repeated correctly."""
         if self._cache is None:
             raise RuntimeError(f"{self.name}.backward called without a forward pass before it")
-        cache, self._cache = self._cache, None
-        return cache
+        return self._cache
+
+    def _scale(self, grad, dout, where):
+        """grad * dout for a scalar upstream gradient, keeping grad's dtype."""
+        if isinstance(dout, (int, float)) or (getattr(dout, "ndim", None) == 0 and dout.dtype.kind in "iuf"):
+            return grad if dout == 1 else grad * grad.dtype.type(dout)
+        raise TypeError(f"{where}: dout must be a number (the gradient of the loss), got {type(dout).__name__}")
 
 
 class TimeEmbedding(Layer):
@@ -85,10 +96,11 @@ class TimeEmbedding(Layer):
         return batch_major(W[ids_tm])
 
     def backward(self, dout):
-        ids_tm = self._take_cache()
+        ids_tm = self._forward_cache()
         T, N = ids_tm.shape
         D = self.params[0].shape[1]
         self._input("backward", "dout", dout, (("N", N), ("T", T), ("D", D)))
+        self._cache = None
         (dW,) = self.grads
         dW[...] = 0
         self.backend.embedding_scatter_add(dW, ids_tm.reshape(-1), time_major(dout).reshape(-1, D))
@@ -115,11 +127,12 @@ class TimeAffine(Layer):
         return batch_major(out.reshape(T, N, M))
 
     def backward(self, dout):
-        x_tm = self._take_cache()
+        x_tm = self._forward_cache()
         T, N, D = x_tm.shape
         W, _ = self.params
         M = W.shape[1]
         self._input("backward", "dout", dout, (("N", N), ("T", T), ("M", M)))
+        self._cache = None
         d = time_major(dout).reshape(T * N, M)
         dW, db = self.grads
         self.backend.matmul(x_tm.reshape(T * N, D).T, d, out=dW)
@@ -137,8 +150,8 @@ class TimeSoftmaxWithLoss(Layer):
         where = self._where("forward")
         expect_backend_array(where, "xs", xs, self.backend)
         expect_shape(where, "xs", xs, ("N", "T", "V"))
-        if xs.dtype.kind != "f":
-            raise TypeError(f"{where}: xs must hold float scores, got dtype {xs.dtype}")
+        if xs.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{where}: xs must hold float32 or float64 scores, got dtype {xs.dtype}")
         N, T, V = xs.shape
         expect_backend_array(where, "ts", ts, self.backend)
         expect_shape(where, "ts", ts, (("N", N), ("T", T)))
@@ -149,9 +162,8 @@ class TimeSoftmaxWithLoss(Layer):
         return loss
 
     def backward(self, dout=1):
-        dscores = self._take_cache()
-        if not (isinstance(dout, (int, float)) and dout == 1):
-            dscores *= dout
+        dscores = self._scale(self._forward_cache(), dout, self._where("backward"))
+        self._cache = None
         return batch_major(dscores)
 
 
@@ -165,15 +177,20 @@ class TimeMSELoss(Layer):
         where = self._where("forward")
         for name, a in (("ys", ys), ("ts", ts)):
             expect_backend_array(where, name, a, self.backend)
+            if a.dtype not in FLOAT_DTYPES:
+                raise TypeError(f"{where}: {name} must be float32 or float64, got {a.dtype}")
         expect_shape(where, "ys", ys, ("N", "T", "D"))
         expect_shape(where, "ts", ts, tuple((n, s) for n, s in zip("NTD", ys.shape)))
+        expect_float(where, "ts", ts, ys.dtype)
         diff = ys - ts
         self._cache = diff
         return (diff * diff).mean()
 
     def backward(self, dout=1):
-        diff = self._take_cache()
-        return diff * (2 * dout / diff.size)
+        diff = self._forward_cache()
+        grad = self._scale(diff, dout, self._where("backward")) * diff.dtype.type(2 / diff.size)
+        self._cache = None
+        return grad
 
 
 class TimeDropout(Layer):
@@ -181,25 +198,31 @@ class TimeDropout(Layer):
 
     def __init__(self, ratio=0.5, backend=None):
         super().__init__([], backend)
-        if not 0 <= ratio < 1:
-            raise ValueError(f"TimeDropout: ratio must be in [0, 1), got {ratio}")
-        self.ratio = ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 <= ratio < 1:
+            raise ValueError(f"TimeDropout: ratio must be a number in [0, 1), got {ratio!r}")
+        self.ratio = float(ratio)
         self.train_flg = True
 
     def forward(self, xs):
         where = self._where("forward")
         expect_backend_array(where, "xs", xs, self.backend)
         expect_shape(where, "xs", xs, ("N", "T", "D"))
-        if not self.train_flg or self.ratio == 0:
-            self._cache = None
-            return xs
+        if xs.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{where}: xs must be float32 or float64, got {xs.dtype}")
         N, T, D = xs.shape
+        if not self.train_flg or self.ratio == 0:
+            self._cache = (xs.shape, None)
+            return xs
         mask = batch_major(self.backend.dropout_mask((T, N, D), self.ratio, xs.dtype))
-        self._cache = mask
+        self._cache = (xs.shape, mask)
         return xs * mask
 
     def backward(self, dout):
-        mask = self._cache
+        shape, mask = self._forward_cache()
+        where = self._where("backward")
+        expect_backend_array(where, "dout", dout, self.backend)
+        expect_shape(where, "dout", dout, tuple((n, s) for n, s in zip("NTD", shape)))
+        self._cache = None
         return dout if mask is None else dout * mask
 
 
@@ -225,11 +248,12 @@ class _Recurrent(Layer):
         expect_param_shape(self.name, "Wh", Wh, (H, G), f"H, {self._g_text()}")
         expect_shape(self.name, "Wx", Wx, ("D", ("G", G)))
         expect_param_shape(self.name, "b", b, (G,), self._g_text())
-        if checkpoint is not None and (not isinstance(checkpoint, int) or checkpoint < 1):
+        if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, numbers.Integral)
+                                       or checkpoint < 1):
             raise ValueError(f"{self.name}: checkpoint must be a positive number of steps or None, got {checkpoint!r}")
         self.hidden_size = H
         self.stateful = stateful
-        self.checkpoint = checkpoint
+        self.checkpoint = None if checkpoint is None else int(checkpoint)
         self.reset_state()
 
     def _g_text(self):
@@ -238,12 +262,16 @@ class _Recurrent(Layer):
     def reset_state(self):
         """Forget the carried state: the next forward starts from zeros."""
         self.h = self.dh = None
+        self._given_state = False
         if self.gates == 4:
             self.c = self.dc = None
 
     def set_state(self, h, c=None):
-        """Start the next forward from ``h`` (and ``c`` for the LSTM), each (N, H)."""
+        """Start the next forward from ``h`` (and ``c`` for the LSTM), each (N, H). A stateful layer
+        carries on from there; a stateless one starts from it once, then from zeros again."""
         where = self._where("set_state")
+        if self.gates == 1 and c is not None:
+            raise ValueError(f"{where}: a TimeRNN has no cell state; pass h only")
         states = [("h", h)] + ([("c", c)] if self.gates == 4 else [])
         for name, s in states:
             if s is None:
@@ -254,6 +282,7 @@ class _Recurrent(Layer):
         self.h = h.copy()
         if self.gates == 4:
             self.c = c.copy()
+        self._given_state = True
 
     def _check_state(self, where, name, s, N=None):
         expect_backend_array(where, name, s, self.backend)
@@ -264,7 +293,8 @@ class _Recurrent(Layer):
         """The states the next forward starts from: carried ones if stateful and set, else zeros."""
         names = self.state_names
         carried = [getattr(self, n) for n in names]
-        if not self.stateful or carried[0] is None:
+        given, self._given_state = self._given_state, False
+        if carried[0] is None or not (self.stateful or given):
             return [self.xp.zeros((N, self.hidden_size), dtype=self.dtype) for _ in names]
         if carried[0].shape[0] != N:
             raise ValueError(
@@ -317,14 +347,17 @@ class _Recurrent(Layer):
     def backward(self, dhs, dh_next=None, dc_next=None):
         """dhs (N, T, H) -> dxs (N, T, D). ``dh_next``/``dc_next`` (N, H): gradients reaching the
         last state from beyond this chunk (None: truncated here). Leaves ``dh`` (``dc``)."""
-        x_tm, starts, hs, kept, seg = self._take_cache()
+        x_tm, starts, hs, kept, seg = self._forward_cache()
         T, N, D = x_tm.shape
         self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
-        d_tm = time_major(dhs)
+        if self.gates == 1 and dc_next is not None:
+            raise ValueError(f"{self._where('backward')}: a TimeRNN has no cell state; dc_next must be None")
         grads = [dh_next, dc_next][: len(self.state_names)]
         for name, g in zip(("dh_next", "dc_next"), grads):
             if g is not None:
                 self._check_state(self._where("backward"), name, g, N)
+        self._cache = None
+        d_tm = time_major(dhs)
         dx = None if seg == T else self.xp.empty((T, N, D), dtype=self.dtype)
         for k in reversed(range(len(kept))):
             t0, t1 = k * seg, min(k * seg + seg, T)

@@ -28,8 +28,18 @@ class TrainingInterrupted(RuntimeError):
 
 
 def perplexity(mean_loss):
-    """exp(mean loss), inf rather than an OverflowError for a model that has blown up."""
+    """exp(mean loss); inf rather than an OverflowError for a model that has blown up, NaN for NaN."""
+    if math.isnan(mean_loss):
+        return math.nan
     return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+def evaluation_rows(ids, time_size, preferred=10):
+    """The book evaluates 10 rows at a time; fewer where the split is short."""
+    rows = (len(ids) - 1) // time_size
+    if rows < 1:
+        raise ValueError(f"a split of {len(ids)} tokens is too short to evaluate with time size {time_size}")
+    return min(preferred, rows)
 
 
 def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True):
@@ -40,20 +50,22 @@ def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True):
     The model's carried training state is put back afterwards.
     """
     be = model.backend
-    saved = model.get_state()
-    model.reset_state()
-    batches = (SequentialBatches if stateful else RandomBatches)(ids, batch_size, time_size)
-    total, count = 0, 0
     V = model.config["vocab_size"]
     if ids.min() < 0 or ids.max() >= V:
         raise ValueError(f"the ids fall outside the model's vocabulary [0, {V - 1}]")
-    with trusted_ids():
-        for xs, ts in batches:
-            if not stateful:
-                model.reset_state()
-            total = total + model.loss_layer.forward(model.predict(be.asarray(xs)), be.asarray(ts))
-            count += 1
-    model.set_state(saved)
+    batches = (SequentialBatches if stateful else RandomBatches)(ids, batch_size, time_size)
+    saved = model.get_state()
+    model.reset_state()
+    total, count = 0, 0
+    try:
+        with trusted_ids():
+            for xs, ts in batches:
+                if not stateful:
+                    model.reset_state()
+                total = total + model.loss_layer.forward(model.predict(be.asarray(xs)), be.asarray(ts))
+                count += 1
+    finally:
+        model.set_state(saved)
     return perplexity(float(total) / count)
 
 
@@ -71,7 +83,10 @@ class Trainer:
                  run=None):
         self.model, self.optimizer, self.batches, self.vocab, self.run = model, optimizer, batches, vocab, run
         self.valid_ids, self.max_grad, self.eval_interval = valid_ids, max_grad, max(1, eval_interval)
-        self.lr_decay, self.save_every, self.eval_batch_size = lr_decay, save_every, eval_batch_size
+        self.lr_decay, self.save_every = lr_decay, save_every
+        # checked now, not after the first epoch
+        self.eval_batch_size = None if valid_ids is None else evaluation_rows(valid_ids, batches.time_size,
+                                                                              eval_batch_size)
         self.best_path = Path(checkpoint_path) if checkpoint_path else None
         self.last_path = last_checkpoint_path(self.best_path) if self.best_path else None
         self.progress = Progress(enabled=progress)
@@ -153,6 +168,9 @@ class Trainer:
             ppl = evaluate_perplexity(self.model, self.valid_ids, self.eval_batch_size,
                                       self.batches.time_size, self.batches.stateful)
             record["valid_ppl"] = ppl
+            if not math.isfinite(ppl):
+                raise TrainingDiverged(f"the validation perplexity became {ppl} after epoch {self.epoch + 1}; "
+                                       "training stopped. Try a lower --lr or a --max-grad clip")
             if ppl < self.best_ppl:
                 self.best_ppl = ppl
                 self._save_best()
@@ -194,6 +212,9 @@ class Trainer:
         st = ckpt.trainer_state
         if st is None or ckpt.optimizer_state is None:
             raise checkpoint.CheckpointError("this checkpoint holds no training state to resume from")
+        if ckpt.optimizer_state.get("type") != type(self.optimizer).__name__:
+            raise checkpoint.CheckpointError(f"this checkpoint was trained with {ckpt.optimizer_state.get('type')}, "
+                                             f"not {type(self.optimizer).__name__}")
         self.model = ckpt.model
         self.optimizer.load_state_dict(ckpt.optimizer_state, self.model.backend)
         self.epoch, self.iteration, self.history = st["epoch"], st["iteration"], st["history"]

@@ -114,3 +114,89 @@ def test_console_script_help_explains_options():
     for option in ("--preset", "--backend", "--corpus", "--model", "--checkpoint", "--data-dir", "--metrics",
                    "--seed", "--resume"):
         assert option in out.stdout
+
+
+def _small_run(tmp_path, shared_data, capsys, *extra):
+    ckpt = tmp_path / "lm.npz"
+    args = ["train", *SMALL, "--backend", "numpy", "--data-dir", shared_data, "--epochs", "1", "--checkpoint", ckpt,
+            *extra]
+    return ckpt, run(args, capsys)
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--hidden", "32"], "--hidden cannot change when resuming (the checkpoint was trained with 16)"),
+    (["--optimizer", "adam"], "--optimizer cannot change when resuming (the checkpoint was trained with 'sgd')"),
+    (["--batch-size", "3"], "--batch-size cannot change when resuming"),
+])
+def test_resume_refuses_to_change_the_run(change, message, shared_data, tmp_path, capsys):
+    ckpt, (code, _, err) = _small_run(tmp_path, shared_data, capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--backend", "numpy", "--data-dir", shared_data, "--checkpoint", ckpt, "--resume",
+                        "--epochs", "2", *change], capsys)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_resume_may_change_the_learning_rate(shared_data, tmp_path, capsys):
+    ckpt, (code, _, err) = _small_run(tmp_path, shared_data, capsys)
+    metrics = tmp_path / "m.json"
+    code, _, err = run(["train", "--backend", "numpy", "--data-dir", shared_data, "--checkpoint", ckpt, "--resume",
+                        "--epochs", "2", "--lr", "0.5", "--metrics", metrics, "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads(metrics.read_text())["epochs"][1]["lr"] == 0.5
+
+
+def test_an_earlier_run_is_not_overwritten_by_accident(shared_data, tmp_path, capsys):
+    ckpt, (code, _, _) = _small_run(tmp_path, shared_data, capsys)
+    before = ckpt.read_bytes()
+    code, _, err = _small_run(tmp_path, shared_data, capsys)[1]
+    assert code == 2 and "already holds a run" in err and ckpt.read_bytes() == before
+    assert _small_run(tmp_path, shared_data, capsys, "--overwrite")[1][0] == 0
+
+
+def test_checkpoints_get_the_usual_file_mode(shared_data, tmp_path, capsys):
+    import os
+    import stat
+
+    ckpt, (code, _, _) = _small_run(tmp_path, shared_data, capsys)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(ckpt.stat().st_mode) == 0o666 & ~umask
+
+
+def test_model_better_brings_its_architecture():
+    settings = train_settings(build_parser().parse_args(["train", "--model", "better", "--hidden", "64",
+                                                          "--wordvec", "64"]))
+    assert (settings["layers"], settings["dropout"], settings["tie"], settings["hidden"]) == (2, 0.5, True, 64)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-grad", "-1"], "--max-grad must be 0 (no clipping) or positive"),
+    (["--max-grad", "nan"], "--max-grad must be 0"),
+    (["--lr-decay", "0.5"], "--lr-decay must be 0 (never) or at least 1"),
+])
+def test_clipping_and_decay_are_checked(args, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["train", *args], capsys)
+    assert code == 2 and message in err
+
+
+def test_an_unwritable_checkpoint_folder_is_found_before_training(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    code, _, err = run(["train", "--checkpoint", blocker / "sub" / "lm.npz"], capsys)
+    assert code == 2 and "cannot write checkpoints" in err
+
+
+def test_an_npy_file_is_not_a_checkpoint(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.arange(3))
+    code, _, err = run(["generate", "--checkpoint", tmp_path / "x.npy"], capsys)
+    assert code == 2 and "is not a readable rnncore checkpoint" in err
+
+
+def test_a_small_text_trains_and_evaluates_with_fewer_rows(tmp_path, capsys):
+    text = tmp_path / "tiny.txt"
+    text.write_text(" ".join(f"w{i % 37}" for i in range(800)), encoding="utf-8")  # valid: 40 tokens
+    code, _, err = run(["train", "--corpus", text, "--model", "simple", "--wordvec", "8", "--hidden", "8",
+                        "--batch-size", "2", "--time-size", "5", "--epochs", "1", "--backend", "numpy", "--quiet",
+                        "--checkpoint", tmp_path / "t.npz"], capsys)
+    assert code == 0, err

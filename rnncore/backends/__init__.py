@@ -34,7 +34,10 @@ def get_backend(name=None):
     if isinstance(name, Backend):
         return name
     if name is None:
-        name = _context_name() or os.environ.get("RNNCORE_BACKEND") or "auto"
+        context = _context_backend()
+        if context is not None:
+            return context
+        name = os.environ.get("RNNCORE_BACKEND") or "auto"
     if not isinstance(name, str):
         raise TypeError(f"backend must be a name or a Backend, got {type(name).__name__}")
     name = name.strip().lower()
@@ -53,7 +56,7 @@ def use(name):
     """Make ``name`` the default backend inside the ``with`` block (per thread, nestable)."""
     backend = get_backend(name)
     stack = _context.__dict__.setdefault("stack", [])
-    stack.append(backend.name)
+    stack.append(backend)  # the object itself: a configured instance stays that instance
     try:
         yield backend
     finally:
@@ -63,24 +66,32 @@ def use(name):
 def available_backends():
     """Names of the backends that can run here, in the order auto prefers them last to first."""
     names = ["numpy"]
-    if importlib.util.find_spec("numba") is not None:
+    if _numba_installed():
         names.append("numba")
     if _cuda_device_answers():
         names.append("cupy")
     return names
 
 
-def _context_name():
+def _context_backend():
     stack = getattr(_context, "stack", None)
     return stack[-1] if stack else None
 
 
 def _auto_name():
-    if _cuda_device_answers():
-        return "cupy"
-    if importlib.util.find_spec("numba") is not None:
-        return "numba"
+    """The best backend that actually loads: cupy, else numba, else numpy."""
+    for name in ("cupy", "numba"):
+        if name in available_backends():
+            try:
+                get_backend(name)
+                return name
+            except BackendNotAvailable:
+                continue
     return "numpy"
+
+
+def _numba_installed():
+    return all(importlib.util.find_spec(m) is not None for m in ("numba", "scipy"))
 
 
 def _cuda_device_answers():

@@ -105,7 +105,7 @@ class CupyBackend(Backend):
 
     # recurrences -----------------------------------------------------------
     def rnn_forward(self, xw, h0, Wh):
-        if self.recurrence == "fused":
+        if self._fused_fits(xw.shape[1], 1, xw.dtype):
             return self._rnn_forward_fused(xw, h0, Wh)
         cp = self.xp
         T, N, H = xw.shape
@@ -119,7 +119,7 @@ class CupyBackend(Backend):
         return xw
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
-        if self.recurrence == "fused":
+        if self._fused_fits(dhs.shape[1], 1, dhs.dtype):
             return self._rnn_backward_fused(dhs, hs, h0, Wh, dh_T)
         cp = self.xp
         T, N, H = dhs.shape
@@ -133,7 +133,7 @@ class CupyBackend(Backend):
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
-        if self.recurrence == "fused":
+        if self._fused_fits(xw.shape[1], 4, xw.dtype):
             return self._lstm_forward_fused(xw, h0, c0, Wh)
         cp = self.xp
         T, N, G = xw.shape
@@ -150,7 +150,7 @@ class CupyBackend(Backend):
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        if self.recurrence == "fused":
+        if self._fused_fits(gates.shape[1], 1, gates.dtype):
             return self._lstm_backward_fused(dhs, cs, gates, c0, Wh, self._start(dh_T, h0), self._start(dc_T, c0))
         cp = self.xp
         T, N, G = gates.shape
@@ -174,6 +174,11 @@ class CupyBackend(Backend):
         warps = max(1, min(STEP_WARPS, SHARED_LIMIT // (columns_per_unit * N * itemsize)))
         fn = self._function(filename, kernel, dtype)
         fn((-(-H // warps),), (warps * 32,), args, shared_mem=warps * columns_per_unit * N * itemsize)
+
+    def _fused_fits(self, N, columns, dtype):
+        """A fused step keeps columns * N values per warp in shared memory: beyond the limit
+        (N in the thousands) the cuBLAS path runs instead."""
+        return self.recurrence == "fused" and columns * N * np.dtype(dtype).itemsize <= SHARED_LIMIT
 
     def _rnn_forward_fused(self, xw, h0, Wh):
         cp = self.xp
@@ -236,6 +241,11 @@ class CupyBackend(Backend):
     # the rest of a training step ------------------------------------------
     def embedding_scatter_add(self, dW, ids, dout):
         cp = self.xp
+        if not dW.flags.c_contiguous:  # the kernel indexes dW row-major
+            dense = cp.zeros(dW.shape, dtype=dW.dtype)
+            self.embedding_scatter_add(dense, ids, dout)
+            dW += dense
+            return
         M, D = dout.shape
         fn = self._function("training.cu", "embedding_scatter_add", dW.dtype)
         ids = cp.ascontiguousarray(ids, dtype=cp.int32)
