@@ -3,6 +3,38 @@
 // The recurrent GEMM stays cuBLAS (one per step); everything elementwise is fused here.
 #include "common.cuh"
 
+// The cell of one unit of one row. a points at its input gate; the forget, cell and output
+// gates are H, 2H and 3H further. In: pre-activations without the recurrent part, which
+// comes as r_i..r_o; out: the activated gates, kept for backward. Returns the new c.
+template <typename T>
+__device__ __forceinline__ T lstm_cell(T* a, long long H, T r_i, T r_f, T r_g, T r_o, T c_prev, T* h) {
+    T i = sigmoid_(a[0] + r_i);
+    T f = sigmoid_(a[H] + r_f);
+    T g = tanh_(a[2 * H] + r_g);
+    T o = sigmoid_(a[3 * H] + r_o);
+    a[0] = i;
+    a[H] = f;
+    a[2 * H] = g;
+    a[3 * H] = o;
+    T c = f * c_prev + i * g;
+    *h = o * tanh_(c);
+    return c;
+}
+
+// Its backward: the activated gates at a become d(pre-activations); dh_t is the whole
+// gradient reaching h_t. Returns the gradient for c_{t-1}.
+template <typename T>
+__device__ __forceinline__ T lstm_cell_backward(T* a, long long H, T dh_t, T dc_next, T c, T c_prev) {
+    T i = a[0], f = a[H], g = a[2 * H], o = a[3 * H];
+    T tanh_c = tanh_(c);
+    T dc_t = dc_next + dh_t * o * (T(1) - tanh_c * tanh_c);
+    a[0] = dc_t * g * i * (T(1) - i);
+    a[H] = dc_t * c_prev * f * (T(1) - f);
+    a[2 * H] = dc_t * i * (T(1) - g * g);
+    a[3 * H] = dh_t * tanh_c * o * (T(1) - o);
+    return dc_t * f;
+}
+
 // Forward step. gates: (N, 4H), in: xw_t, out: activated gates (kept for backward).
 // rec: (N, 4H) = h_{t-1} @ Wh. c_prev, c, h: (N, H).
 template <typename T>
@@ -11,19 +43,8 @@ __global__ void lstm_forward_step(T* __restrict__ gates, const T* __restrict__ r
                                   T* __restrict__ h, int N, int H) {
     GRID_STRIDE(k, (long long)N * H) {
         long long n = k / H, j = k % H;
-        T* a = gates + n * 4 * H;
-        const T* r = rec + n * 4 * H;
-        T i = sigmoid_(a[j] + r[j]);
-        T f = sigmoid_(a[H + j] + r[H + j]);
-        T g = tanh_(a[2 * H + j] + r[2 * H + j]);
-        T o = sigmoid_(a[3 * H + j] + r[3 * H + j]);
-        a[j] = i;
-        a[H + j] = f;
-        a[2 * H + j] = g;
-        a[3 * H + j] = o;
-        T c_new = f * c_prev[k] + i * g;
-        c[k] = c_new;
-        h[k] = o * tanh_(c_new);
+        const T* r = rec + n * 4 * H + j;
+        c[k] = lstm_cell(gates + n * 4 * H + j, H, r[0], r[H], r[2 * H], r[3 * H], c_prev[k], h + k);
     }
 }
 
@@ -37,16 +58,7 @@ __global__ void lstm_backward_step(T* __restrict__ gates, const T* __restrict__ 
                                    int H) {
     GRID_STRIDE(k, (long long)N * H) {
         long long n = k / H, j = k % H;
-        T* a = gates + n * 4 * H;
-        T i = a[j], f = a[H + j], g = a[2 * H + j], o = a[3 * H + j];
-        T dh_t = dh[k] + dhs_t[k];
-        T tanh_c = tanh_(c[k]);
-        T dc_t = dc[k] + dh_t * o * (T(1) - tanh_c * tanh_c);
-        a[j] = dc_t * g * i * (T(1) - i);
-        a[H + j] = dc_t * c_prev[k] * f * (T(1) - f);
-        a[2 * H + j] = dc_t * i * (T(1) - g * g);
-        a[3 * H + j] = dh_t * tanh_c * o * (T(1) - o);
-        dc[k] = dc_t * f;
+        dc[k] = lstm_cell_backward(gates + n * 4 * H + j, H, dh[k] + dhs_t[k], dc[k], c[k], c_prev[k]);
     }
 }
 
@@ -68,20 +80,9 @@ __global__ void lstm_step_forward(T* __restrict__ gates, const T* __restrict__ W
     for (int idx = threadIdx.x; idx < warps * N; idx += blockDim.x) {
         int u = idx / N, n = idx % N, jj = j0 + u;
         if (jj >= H) continue;
-        T* a = gates + (long long)n * 4 * H;
         const T* r = rec + u * 4 * N + n;
-        T i = sigmoid_(a[jj] + r[0]);
-        T f = sigmoid_(a[H + jj] + r[N]);
-        T g = tanh_(a[2 * H + jj] + r[2 * N]);
-        T o = sigmoid_(a[3 * H + jj] + r[3 * N]);
-        a[jj] = i;
-        a[H + jj] = f;
-        a[2 * H + jj] = g;
-        a[3 * H + jj] = o;
         long long k = (long long)n * H + jj;
-        T c_new = f * c_prev[k] + i * g;
-        c[k] = c_new;
-        h[k] = o * tanh_(c_new);
+        c[k] = lstm_cell(gates + (long long)n * 4 * H + jj, H, r[0], r[N], r[2 * N], r[3 * N], c_prev[k], h + k);
     }
 }
 
@@ -106,16 +107,8 @@ __global__ void lstm_step_backward(T* __restrict__ gates, const T* __restrict__ 
     for (int idx = threadIdx.x; idx < warps * N; idx += blockDim.x) {
         int u = idx / N, n = idx % N, jj = j0 + u;
         if (jj >= H) continue;
-        T* a = gates + (long long)n * 4 * H;
         long long k = (long long)n * H + jj;
-        T i = a[jj], f = a[H + jj], g = a[2 * H + jj], o = a[3 * H + jj];
-        T dh_t = dh[u * N + n] + dhs_t[k];
-        T tanh_c = tanh_(c[k]);
-        T dc_t = dc[k] + dh_t * o * (T(1) - tanh_c * tanh_c);
-        a[jj] = dc_t * g * i * (T(1) - i);
-        a[H + jj] = dc_t * c_prev[k] * f * (T(1) - f);
-        a[2 * H + jj] = dc_t * i * (T(1) - g * g);
-        a[3 * H + jj] = dh_t * tanh_c * o * (T(1) - o);
-        dc[k] = dc_t * f;
+        dc[k] = lstm_cell_backward(gates + (long long)n * 4 * H + jj, H, dh[u * N + n] + dhs_t[k], dc[k], c[k],
+                                   c_prev[k]);
     }
 }

@@ -50,7 +50,7 @@ def test_nvrtc_compiles(filename):
     nvrtc = pytest.importorskip("cupy_backends.cuda.libs.nvrtc")
     program = nvrtc.createProgram(_kernels.cuda_module_source(filename), filename, (), ())
     for name in _kernels.cuda_name_expressions(filename):
-        nvrtc.addAddNameExpression(program, name)
+        nvrtc.addNameExpression(program, name)
     try:
         nvrtc.compileProgram(program, ["-arch=compute_90", "-std=c++17"])
     except Exception as exc:
