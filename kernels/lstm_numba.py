@@ -11,17 +11,15 @@ writes the pre-activation gradients over them.
 import numpy as np
 from numba import prange
 
-from .common_numba import dot_rows, kernel, parallel_kernel, sigmoid_, tanh_, transpose, unit_chunks
+from .common_numba import dot_rows, kernel, parallel_kernel, sigmoid_, tanh_
 
 
 @parallel_kernel
-def lstm_forward(xw, h0, c0, Wh, hs, cs, threads):
+def lstm_forward(xw, h0, c0, WhT, hs, cs, bounds):
+    """WhT = Wh^T (C order); bounds: the units of each thread (``unit_chunks``)."""
     T, N, G = xw.shape
     H = G // 4
-    WhT = np.empty((G, H), dtype=xw.dtype)
-    transpose(Wh, WhT)
     rec = np.empty((N, G), dtype=xw.dtype)
-    bounds = unit_chunks(H, threads)
     for t in range(T):
         h_prev = hs[t - 1] if t > 0 else h0
         c_prev = cs[t - 1] if t > 0 else c0
@@ -63,12 +61,11 @@ def _cell_update(i, f, g, o, c_prev, c, h):
 
 
 @parallel_kernel
-def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, threads):
+def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, bounds):
     """dh, dc enter as the gradients at h_T, c_T and leave as those at h0, c0."""
     T, N, G = gates.shape
     H = G // 4
     dh_step = np.empty((N, H), dtype=gates.dtype)  # the gradient reaching h_t from step t+1
-    bounds = unit_chunks(H, threads)
     for t in range(T - 1, -1, -1):
         c_prev = cs[t - 1] if t > 0 else c0
         for c in prange(len(bounds) - 1):

@@ -1,7 +1,8 @@
 """tanh-RNN recurrence for the numba backend: one compiled call per sequence, one parallel
 region per step.
 
-Each thread owns a range of hidden units. In a forward step it computes its columns of
+Each thread owns a range of hidden units (``bounds``, computed once by the caller: a
+parallel call made from inside a parallel region runs nested and costs a step's time). In a forward step it computes its columns of
 h_{t-1} @ Wh (``dot_rows``, the small-GEMM tile) and their tanh; in a backward step its
 columns of dxw_{t+1} @ Wh^T and the tanh derivative. A step reads the whole previous state,
 which every thread finished before the region ended, so no other synchronization is needed.
@@ -9,17 +10,15 @@ which every thread finished before the region ended, so no other synchronization
 import numpy as np
 from numba import prange
 
-from .common_numba import dot_rows, kernel, parallel_kernel, tanh_, transpose, unit_chunks
+from .common_numba import dot_rows, kernel, parallel_kernel, tanh_
 
 
 @parallel_kernel
-def rnn_forward(xw, h0, Wh, threads):
-    """h_t = tanh(xw_t + h_{t-1} @ Wh), written over xw, which is returned as hs."""
+def rnn_forward(xw, h0, WhT, bounds):
+    """h_t = tanh(xw_t + h_{t-1} @ Wh), written over xw, which is returned as hs.
+    WhT = Wh^T (C order); bounds: the units of each thread (``unit_chunks``)."""
     T, N, H = xw.shape
-    WhT = np.empty((H, H), dtype=xw.dtype)
-    transpose(Wh, WhT)
     rec = np.empty((N, H), dtype=xw.dtype)
-    bounds = unit_chunks(H, threads)
     for t in range(T):
         h_prev = xw[t - 1] if t > 0 else h0
         for c in prange(len(bounds) - 1):
@@ -42,11 +41,10 @@ def _add_tanh(a, rec):
 
 
 @parallel_kernel
-def rnn_backward(dhs, hs, Wh, dh, dxw, one, threads):
+def rnn_backward(dhs, hs, Wh, dh, dxw, one, bounds):
     """Fills dxw with d(pre-activation); dh enters as the gradient at h_T and leaves as dh0."""
     T, N, H = dhs.shape
     dh_step = np.empty((N, H), dtype=dhs.dtype)  # the gradient reaching h_t from step t+1
-    bounds = unit_chunks(H, threads)
     for t in range(T - 1, -1, -1):
         for c in prange(len(bounds) - 1):
             u0, u1 = bounds[c], bounds[c + 1]

@@ -86,25 +86,33 @@ class NumbaBackend(NumpyBackend):
         return b if (b.flags.c_contiguous or b.flags.f_contiguous) else np.ascontiguousarray(b)
 
     # recurrences -----------------------------------------------------------------------
+    def _transposed(self, Wh):
+        """Wh^T in C order: the forward step's dot products run along Wh's columns."""
+        return self._rows(Wh.T) if Wh.flags.c_contiguous else np.ascontiguousarray(Wh.T)
+
+    @staticmethod
+    def _bounds(H):
+        return _common.unit_chunks(H, numba.get_num_threads())
+
     def rnn_forward(self, xw, h0, Wh):
-        return _rnn.rnn_forward(xw, _c(h0), _c(Wh), numba.get_num_threads())
+        return _rnn.rnn_forward(xw, _c(h0), self._transposed(Wh), self._bounds(xw.shape[2]))
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         dxw = np.empty_like(dhs)
         dh = _start(dh_T, h0)
-        _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), numba.get_num_threads())
+        _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), self._bounds(dhs.shape[2]))
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
         T, N, G = xw.shape
         hs = np.empty((T, N, G // 4), dtype=xw.dtype)
         cs = np.empty_like(hs)
-        _lstm.lstm_forward(xw, _c(h0), _c(c0), _c(Wh), hs, cs, numba.get_num_threads())
+        _lstm.lstm_forward(xw, _c(h0), _c(c0), self._transposed(Wh), hs, cs, self._bounds(G // 4))
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
         dh, dc = _start(dh_T, h0), _start(dc_T, c0)
-        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), numba.get_num_threads())
+        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), self._bounds(dhs.shape[2]))
         return dh, dc
 
     # the rest of a training step --------------------------------------------------------
