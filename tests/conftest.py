@@ -96,9 +96,17 @@ def to_backend(backend, arrays):
     return [backend.asarray(np.array(a)) for a in arrays]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_data():
-    """The shared corpora (../shared/data, or $RNNCORE_TEST_DATA)."""
-    if not (DATA_DIR / "ptb" / "ptb.train.txt").is_file():
-        pytest.skip(f"the shared corpora are not at {DATA_DIR} (set RNNCORE_TEST_DATA)")
-    return DATA_DIR
+    """The corpora: ../shared/data (or $RNNCORE_TEST_DATA); failing that, downloaded once from the
+    public mirrors into rnncore's cache; failing that too (no network), the test is skipped."""
+    if (DATA_DIR / "ptb" / "ptb.train.txt").is_file():
+        return DATA_DIR
+    from rnncore import data
+
+    try:
+        for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt", "timemachine.txt"):
+            path = data.dataset_path(name, progress=False)
+        return path.parent.parent
+    except data.DataError as exc:
+        pytest.skip(f"no corpora at {DATA_DIR} and no download ({exc})")
