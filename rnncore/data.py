@@ -203,21 +203,36 @@ class Corpus:
         return self.splits[split]
 
 
-def load_ptb(data_dir=None, mirror=None, limit=None, vocab=None, progress=True):
-    """Penn Treebank (Mikolov's 10k words), word level, vocabulary from the training split.
+def load_ptb(split="train", data_dir=None, mirror=None, limit=None, progress=True):
+    """One PTB split as int32 ids, and the vocabulary: ``ids, vocab = load_ptb("test")``.
 
-    ``limit`` keeps the first ``limit`` training words and builds the vocabulary from
-    them alone (the book's ch05 run uses the first 1000). A given ``vocab`` (say, a
-    checkpoint's) encodes the text instead.
+    Mikolov's 10k-word Penn Treebank, each newline an ``<eos>``; the vocabulary always
+    comes from the training split, so ids agree across splits (the book's ``load_data``).
     """
+    corpus = ptb_corpus(data_dir, mirror, limit, progress=progress)
+    return corpus[split], corpus.vocab
+
+
+def load_timemachine(split=None, data_dir=None, mirror=None, level="char", progress=True):
+    """The Time Machine as ids and vocabulary (d2l's ``load_corpus_time_machine``): the whole
+    text by default, or one split of it (first 90% train, 5% valid, 5% test)."""
+    corpus = timemachine_corpus(data_dir, mirror, level, progress=progress)
+    ids = np.concatenate([corpus[s] for s in SPLITS]) if split is None else corpus[split]
+    return ids, corpus.vocab
+
+
+def ptb_corpus(data_dir=None, mirror=None, limit=None, vocab=None, progress=True):
+    """All three PTB splits. ``limit`` keeps the first ``limit`` training words and builds the
+    vocabulary from them alone (the book's ch05 run uses 1000). A given ``vocab`` (a
+    checkpoint's, say) encodes the text instead."""
     tokens = {s: tokenize(read_text(dataset_path(f"ptb.{s}.txt", data_dir, mirror, progress))) for s in SPLITS}
     if limit:
         tokens["train"] = tokens["train"][:limit]
     return _encode(tokens, vocab or Vocab(tokens["train"], reserved=["<eos>"]), "word")
 
 
-def load_timemachine(data_dir=None, mirror=None, level="char", vocab=None, progress=True):
-    """The Time Machine (d2l's text): the first 90% trains, then 5% valid and 5% test."""
+def timemachine_corpus(data_dir=None, mirror=None, level="char", vocab=None, progress=True):
+    """The Time Machine, split in order 90/5/5."""
     return split_text(read_text(dataset_path("timemachine.txt", data_dir, mirror, progress)), level, vocab)
 
 
@@ -239,9 +254,9 @@ def _encode(tokens, vocab, level):
 def load_corpus(name, data_dir=None, level=None, limit=None, vocab=None, mirror=None, progress=True):
     """``ptb``, ``timemachine``, or the path of a UTF-8 text file (split 90/5/5)."""
     if name == "ptb":
-        return load_ptb(data_dir, mirror, limit, vocab, progress)
+        return ptb_corpus(data_dir, mirror, limit, vocab, progress)
     if name == "timemachine":
-        return load_timemachine(data_dir, mirror, level or "char", vocab, progress)
+        return timemachine_corpus(data_dir, mirror, level or "char", vocab, progress)
     if not Path(name).is_file():
         raise DataError(f"--corpus must be ptb, timemachine or a text file; {name!r} is none of these")
     return split_text(read_text(name), level or "word", vocab)

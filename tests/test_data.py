@@ -40,21 +40,30 @@ def test_char_tokens_follow_d2l():
 
 # corpora ------------------------------------------------------------------------------
 def test_ptb_loads_the_usual_way(shared_data):
-    corpus = data.load_ptb(shared_data)
+    corpus = data.ptb_corpus(shared_data)
     assert {s: len(corpus[s]) for s in data.SPLITS} == {"train": 929589, "valid": 73760, "test": 82430}
     assert len(corpus.vocab) == 10000
     assert corpus.vocab.decode(corpus["train"][:3]) == ["aer", "banknote", "berlitz"]
     assert corpus.vocab.token_to_idx["<eos>"] == 1
 
 
+def test_load_ptb_gives_a_split_and_the_shared_vocabulary(shared_data):
+    test_ids, vocab = data.load_ptb("test", data_dir=shared_data)
+    train_ids, same_vocab = data.load_ptb(data_dir=shared_data)
+    assert len(test_ids) == 82430 and len(train_ids) == 929589 and test_ids.dtype == np.int32
+    assert vocab.idx_to_token == same_vocab.idx_to_token
+    ids, tm_vocab = data.load_timemachine(data_dir=shared_data)
+    assert len(tm_vocab) == 28 and "".join(tm_vocab.decode(ids[:8])) == "the time"
+
+
 def test_ptb_limit_builds_the_vocabulary_from_the_slice(shared_data):
-    corpus = data.load_ptb(shared_data, limit=1000)
+    corpus = data.ptb_corpus(shared_data, limit=1000)
     assert len(corpus["train"]) == 1000
     assert len(corpus.vocab) == len(set(data.tokenize((shared_data / "ptb" / "ptb.train.txt").read_text())[:1000]) | {"<unk>"})
 
 
 def test_timemachine_is_split_in_order(shared_data):
-    corpus = data.load_timemachine(shared_data)
+    corpus = data.timemachine_corpus(shared_data)
     sizes = [len(corpus[s]) for s in data.SPLITS]
     assert len(corpus.vocab) == 28  # 26 letters, space, <unk>
     assert sizes[0] == pytest.approx(0.9 * sum(sizes), abs=2)
@@ -135,7 +144,8 @@ def test_download_verifies_and_caches(tmp_path, timemachine_bytes, monkeypatch):
     assert hashlib.sha256(path.read_bytes()).hexdigest() == data.DATASETS["timemachine.txt"][2]
     assert leftovers(tmp_path) == ["timemachine.txt"]
     # the cache is used from now on: no server needed
-    assert data.load_timemachine(progress=False)["train"].size > 100000
+    ids, vocab = data.load_timemachine(progress=False)
+    assert ids.size > 170000 and len(vocab) == 28
 
 
 def test_a_wrong_checksum_keeps_nothing(tmp_path, timemachine_bytes):
