@@ -6,7 +6,6 @@ program to run under compute-sanitizer (memcheck, racecheck, synccheck), e.g.
 """
 import numpy as np
 
-import rnncore
 from rnncore.backends.cupy_backend import CupyBackend
 from rnncore.models import RecurrentLM
 from rnncore.optim import SGD, clip_grads

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from conftest import HAS_NUMBA, REPO
 
-from rnncore import checkpoint
 from rnncore.cli import PRESETS, build_parser, main, train_settings
 
 

@@ -1,7 +1,7 @@
 """Bad input gets a ValueError or TypeError naming the layer, the argument and what was expected."""
 import numpy as np
 import pytest
-from conftest import backend_by_name, random_params, to_backend
+from conftest import random_params, to_backend
 
 import rnncore
 

@@ -44,11 +44,11 @@ def test_adam_matches_torch():
     topt = torch.optim.Adam([tp], lr=0.01)
     ours = [p.copy()]
     opt = Adam(0.01)
-    for step in range(5):
+    for _ in range(5):
         g = rng.standard_normal(6)
         tp.grad = torch.tensor(g)
         topt.step()
-        opt.update(ours, [g], None if False else _numpy())
+        opt.update(ours, [g], _numpy())
     np.testing.assert_allclose(ours[0], tp.detach().numpy(), rtol=1e-6, atol=1e-9)
 
 
