@@ -174,28 +174,31 @@ def unit_chunks(H, threads):
     return bounds
 
 
+@kernel
+def add_activate(a, rec, is_tanh):
+    """a = tanh(a + rec) or sigmoid(a + rec), in place, over 1-D slices (loops LLVM vectorizes)."""
+    if is_tanh:
+        for j in range(a.size):
+            a[j] = tanh_(a[j] + rec[j])
+    else:
+        for j in range(a.size):
+            a[j] = sigmoid_(a[j] + rec[j])
+
+
 # big GEMMs: BLAS, split across threads -----------------------------------------------------
 @parallel_kernel
-def gemm(a, b, out, threads):
-    """out = a @ b; each thread runs single-threaded BLAS on its share of the rows of a."""
-    M = a.shape[0]
-    P = min(threads, M)
-    for c in prange(P):
-        lo, hi = c * M // P, (c + 1) * M // P
-        np.dot(a[lo:hi], b, out[lo:hi])
-
-
-@parallel_kernel
-def gemm_bias(a, b, bias, out, threads):
-    """out = a @ b + bias, the bias added while each thread's rows are still in cache."""
+def gemm(a, b, out, threads, bias=None):
+    """out = a @ b (+ bias); each thread runs single-threaded BLAS on its share of the rows of a,
+    adding the bias while those rows are still in cache."""
     M = a.shape[0]
     P = min(threads, M)
     for c in prange(P):
         lo, hi = c * M // P, (c + 1) * M // P
         block = out[lo:hi]
         np.dot(a[lo:hi], b, block)
-        for i in range(block.shape[0]):
-            block[i] += bias
+        if bias is not None:
+            for i in range(block.shape[0]):
+                block[i] += bias
 
 
 @parallel_kernel

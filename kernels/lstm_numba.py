@@ -11,7 +11,7 @@ writes the pre-activation gradients over them.
 import numpy as np
 from numba import prange
 
-from .common_numba import dot_rows, kernel, parallel_kernel, sigmoid_, tanh_
+from .common_numba import add_activate, dot_rows, kernel, parallel_kernel, tanh_
 
 
 @parallel_kernel
@@ -37,19 +37,9 @@ def _cell_forward(a, rec, c_prev, c, h, u0, u1, H):
     for n in range(a.shape[0]):
         for q in range(4):
             lo, hi = q * H + u0, q * H + u1
-            _activate(a[n, lo:hi], rec[n, lo:hi], q == 2)
+            add_activate(a[n, lo:hi], rec[n, lo:hi], q == 2)
         _cell_update(a[n, u0:u1], a[n, H + u0:H + u1], a[n, 2 * H + u0:2 * H + u1], a[n, 3 * H + u0:3 * H + u1],
                      c_prev[n, u0:u1], c[n, u0:u1], h[n, u0:u1])
-
-
-@kernel
-def _activate(a, rec, is_tanh):
-    if is_tanh:
-        for j in range(a.size):
-            a[j] = tanh_(a[j] + rec[j])
-    else:
-        for j in range(a.size):
-            a[j] = sigmoid_(a[j] + rec[j])
 
 
 @kernel

@@ -10,7 +10,7 @@ which every thread finished before the region ended, so no other synchronization
 import numpy as np
 from numba import prange
 
-from .common_numba import dot_rows, kernel, parallel_kernel, tanh_
+from .common_numba import add_activate, dot_rows, kernel, parallel_kernel
 
 
 @parallel_kernel
@@ -31,13 +31,7 @@ def rnn_forward(xw, h0, WhT, bounds):
 @kernel
 def _tanh_step(a, rec, u0, u1):
     for n in range(a.shape[0]):  # row by row over 1-D slices: loops LLVM vectorizes
-        _add_tanh(a[n, u0:u1], rec[n, u0:u1])
-
-
-@kernel
-def _add_tanh(a, rec):
-    for j in range(a.size):
-        a[j] = tanh_(a[j] + rec[j])
+        add_activate(a[n, u0:u1], rec[n, u0:u1], True)
 
 
 @parallel_kernel

@@ -390,16 +390,13 @@ class _Recurrent(Layer):
         G, H = Wx.shape[1], self.hidden_size
         flat = dxw.reshape(T * N, G)
         h_prev = self.xp.concatenate([h_start[None], hs_seg[:-1]]).reshape(T * N, H)  # h_{t-1} for every t
-        products = (
-            (lambda out: self.backend.matmul(x_seg.reshape(T * N, D).T, flat, out=out)),
-            (lambda out: self.backend.matmul(h_prev.T, flat, out=out)),
-            (lambda out: self.backend.sum_rows(flat, out)),
-        )
-        for grad, product in zip(self.grads, products):
-            if accumulate:
-                grad += product(self.xp.empty_like(grad))
-            else:
-                product(grad)
+        dWx, dWh, db = outs = [self.xp.empty_like(g) for g in self.grads] if accumulate else self.grads
+        self.backend.matmul(x_seg.reshape(T * N, D).T, flat, out=dWx)
+        self.backend.matmul(h_prev.T, flat, out=dWh)
+        self.backend.sum_rows(flat, db)
+        if accumulate:
+            for grad, part in zip(self.grads, outs):
+                grad += part
         return self.backend.matmul(flat, Wx.T).reshape(T, N, D)
 
 

@@ -75,6 +75,12 @@ class Backend:
     def synchronize(self):
         """Wait for queued device work; a no-op on the CPU."""
 
+    def initial_grad(self, grad_T, like):
+        """The gradient entering the last state: zeros for None, else a contiguous copy (kernels
+        update it in place)."""
+        xp = self.xp
+        return xp.zeros_like(like) if grad_T is None else xp.array(grad_T, dtype=like.dtype, order="C")
+
     # dense algebra: what layers and optimizers call, so a backend can run them its own way
     def matmul(self, a, b, out=None):
         """a @ b for 2-D arrays (transposed views welcome), into ``out`` if given."""

@@ -99,10 +99,6 @@ class CupyBackend(Backend):
         blocks = max(1, min(-(-size // THREADS), self._max_blocks))
         fn((blocks,), (THREADS,), args)
 
-    def _start(self, grad_T, like):
-        cp = self.xp
-        return cp.zeros_like(like) if grad_T is None else cp.array(grad_T, dtype=like.dtype, order="C")
-
     # recurrences -----------------------------------------------------------
     def rnn_forward(self, xw, h0, Wh):
         if self._fused_fits(xw.shape[1], 1, xw.dtype):
@@ -126,7 +122,7 @@ class CupyBackend(Backend):
         step = self._function("rnn.cu", "rnn_backward_step", dhs.dtype)
         dhs = cp.ascontiguousarray(dhs)
         dxw = cp.empty_like(dhs)
-        dh = self._start(dh_T, h0)
+        dh = self.initial_grad(dh_T, h0)
         for t in reversed(range(T)):
             self._launch(step, N * H, (dxw[t], dh, dhs[t], hs[t], np.int64(N * H)))
             cp.matmul(dxw[t], Wh.T, out=dh)
@@ -151,15 +147,15 @@ class CupyBackend(Backend):
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
         if self._fused_fits(gates.shape[1], 1, gates.dtype):
-            return self._lstm_backward_fused(dhs, cs, gates, c0, Wh, self._start(dh_T, h0), self._start(dc_T, c0))
+            return self._lstm_backward_fused(dhs, cs, gates, c0, Wh, self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0))
         cp = self.xp
         T, N, G = gates.shape
         H = G // 4
         step = self._function("lstm.cu", "lstm_backward_step", gates.dtype)
         dhs = cp.ascontiguousarray(dhs)
         c0 = cp.ascontiguousarray(c0)
-        dh = self._start(dh_T, h0)
-        dc = self._start(dc_T, c0)
+        dh = self.initial_grad(dh_T, h0)
+        dc = self.initial_grad(dc_T, c0)
         for t in reversed(range(T)):
             c_prev = cs[t - 1] if t > 0 else c0
             self._launch(step, N * H, (gates[t], dh, dhs[t], cs[t], c_prev, dc, np.int32(N), np.int32(H)))
@@ -197,7 +193,7 @@ class CupyBackend(Backend):
         dxw = cp.empty_like(dhs)
         for t in reversed(range(T)):
             last = t == T - 1
-            nxt = self._start(dh_T, h0) if last else dxw[t + 1]
+            nxt = self.initial_grad(dh_T, h0) if last else dxw[t + 1]
             self._step_launch("rnn.cu", "rnn_step_backward", dhs.dtype, H, N, 1,
                               (dxw[t], nxt, np.int32(not last), Wh, dhs[t], hs[t], np.int32(N), np.int32(H)))
         return dxw, self._recurrent_dot(dxw[0], Wh)

@@ -43,10 +43,6 @@ def _c(a):
     return np.ascontiguousarray(a)
 
 
-def _start(grad_T, like):
-    return np.zeros_like(like) if grad_T is None else np.array(grad_T, dtype=like.dtype, order="C")
-
-
 class NumbaBackend(NumpyBackend):
     name = "numba"
 
@@ -68,7 +64,7 @@ class NumbaBackend(NumpyBackend):
 
     def linear(self, x, W, b, out=None):
         out = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype) if out is None else out
-        _common.gemm_bias(self._rows(x), self._operand(W), b, out, numba.get_num_threads())
+        _common.gemm(self._rows(x), self._operand(W), out, numba.get_num_threads(), b)
         return out
 
     def _rows(self, a):
@@ -99,7 +95,7 @@ class NumbaBackend(NumpyBackend):
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         dxw = np.empty_like(dhs)
-        dh = _start(dh_T, h0)
+        dh = self.initial_grad(dh_T, h0)
         _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), self._bounds(dhs.shape[2]))
         return dxw, dh
 
@@ -111,7 +107,7 @@ class NumbaBackend(NumpyBackend):
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        dh, dc = _start(dh_T, h0), _start(dc_T, c0)
+        dh, dc = self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0)
         _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), self._bounds(dhs.shape[2]))
         return dh, dc
 

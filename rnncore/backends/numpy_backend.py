@@ -13,10 +13,6 @@ def sigmoid(x):
         return 1 / (1 + np.exp(-x))
 
 
-def zeros_if_none(a, like):
-    return np.zeros_like(like) if a is None else a
-
-
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
@@ -30,7 +26,7 @@ class NumpyBackend(Backend):
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         dxw = np.empty_like(dhs)
-        dh = zeros_if_none(dh_T, h0)
+        dh = self.initial_grad(dh_T, h0)
         for t in reversed(range(dhs.shape[0])):
             dh = dh + dhs[t]
             np.multiply(dh, 1 - hs[t] * hs[t], out=dxw[t])
@@ -57,8 +53,8 @@ class NumpyBackend(Backend):
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        dh = zeros_if_none(dh_T, h0)
-        dc = zeros_if_none(dc_T, c0)
+        dh = self.initial_grad(dh_T, h0)
+        dc = self.initial_grad(dc_T, c0)
         for t in reversed(range(dhs.shape[0])):
             a = gates[t]
             i, f, g, o = (x.copy() for x in np.split(a, 4, axis=1))
