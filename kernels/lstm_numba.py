@@ -1,43 +1,64 @@
 """LSTM recurrence for the numba backend: one compiled call per sequence, one parallel region
 per step.
 
-Gates are i, f, g, o (cuDNN/PyTorch order), four H-wide blocks of each 4H row. Each thread
-owns a range of hidden units j and computes, for a forward step, the four gate columns
-q*H + j of h_{t-1} @ Wh (``dot_rows``) and then the cell update of its units; for a
-backward step, its columns of dA_{t+1} @ Wh^T (the gradient reaching h_t) and then the
-gate gradients of its units. Forward writes the activated gates over ``xw``; backward
-writes the pre-activation gradients over them.
+Gates are i, f, g, o (cuDNN/PyTorch order), four H-wide blocks of each 4H row. The threads
+split a step either by hidden units (each packs the columns of Wh its units need and streams
+only those) or, when Wh fits in a core's L2 cache, by batch rows (each keeps all of Wh and
+touches only its own rows, so no cache line is shared between cores); see ``share``. In a
+forward step a thread computes its gate columns of h_{t-1} @ Wh with the register tile
+(``panel_product``) and then the cell update; in a backward step its columns of
+dA_{t+1} @ Wh^T (the gradient reaching h_t) and then the gate gradients. A step reads only
+what every thread finished before the previous region ended, so no other synchronization is
+needed. Forward writes the activated gates over ``xw``; backward writes the pre-activation
+gradients over them.
 """
 import numpy as np
 from numba import prange
 
-from .common_numba import add_activate, dot_rows, kernel, parallel_kernel, tanh_
+from .common_numba import (
+    add_activate,
+    kernel,
+    pack_panels,
+    panel_product,
+    panel_width,
+    parallel_kernel,
+    share,
+    tanh_,
+    thread_columns,
+)
 
 
 @parallel_kernel
-def lstm_forward(xw, h0, c0, WhT, hs, cs, bounds):
-    """WhT = Wh^T (C order); bounds: the units of each thread (``unit_chunks``)."""
+def lstm_forward(xw, h0, c0, Wh, hs, cs, rows, units):
+    """rows, units: how the threads split a step (``share``)."""
     T, N, G = xw.shape
     H = G // 4
-    rec = np.empty((N, G), dtype=xw.dtype)
+    C = panel_width(xw)
+    cols, first = thread_columns(H, 4, units, C)
+    panels = np.empty((first[-1], H, C), dtype=xw.dtype)
+    rec = np.empty((N, first[-1] * C), dtype=xw.dtype)  # each unit group's gate columns, packed
+    for g in prange(len(units) - 1):
+        pack_panels(Wh, cols, panels, first[g], first[g + 1])
     for t in range(T):
         h_prev = hs[t - 1] if t > 0 else h0
         c_prev = cs[t - 1] if t > 0 else c0
-        for c in prange(len(bounds) - 1):
-            u0, u1 = bounds[c], bounds[c + 1]
-            for q in range(4):
-                dot_rows(h_prev, WhT, rec, q * H + u0, q * H + u1)
-            _cell_forward(xw[t], rec, c_prev, cs[t], hs[t], u0, u1, H)
+        for c in prange((len(rows) - 1) * (len(units) - 1)):
+            r0, r1, g = share(c, rows, units)
+            panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
+            _cell_forward(xw[t], rec, first[g] * C, c_prev, cs[t], hs[t], r0, r1, units[g], units[g + 1], H)
 
 
 @kernel
-def _cell_forward(a, rec, c_prev, c, h, u0, u1, H):
-    """Units u0..u1 of every row. Row by row over 1-D slices, each loop writing one array:
-    LLVM then vectorizes (one 2-D loop writing four gate blocks of one buffer it would not)."""
-    for n in range(a.shape[0]):
+def _cell_forward(a, rec, at, c_prev, c, h, r0, r1, u0, u1, H):
+    """Rows r0..r1, units u0..u1; rec holds their gate q in columns at + q*w .. at + (q+1)*w,
+    w = u1 - u0. Row by row over contiguous 1-D slices, each loop writing one array: LLVM then
+    vectorizes (one 2-D loop writing four gate blocks of one buffer it would not; a column
+    slice of a 2-D array has an unknown layout, which also stops it)."""
+    w = u1 - u0
+    for n in range(r0, r1):
         for q in range(4):
-            lo, hi = q * H + u0, q * H + u1
-            add_activate(a[n, lo:hi], rec[n, lo:hi], q == 2)
+            lo = at + q * w
+            add_activate(a[n, q * H + u0 : q * H + u1], rec[n, lo : lo + w], q == 2)
         _cell_update(a[n, u0:u1], a[n, H + u0:H + u1], a[n, 2 * H + u0:2 * H + u1], a[n, 3 * H + u0:3 * H + u1],
                      c_prev[n, u0:u1], c[n, u0:u1], h[n, u0:u1])
 
@@ -51,29 +72,39 @@ def _cell_update(i, f, g, o, c_prev, c, h):
 
 
 @parallel_kernel
-def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, bounds):
+def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
     """dh, dc enter as the gradients at h_T, c_T and leave as those at h0, c0."""
     T, N, G = gates.shape
     H = G // 4
-    dh_step = np.empty((N, H), dtype=gates.dtype)  # the gradient reaching h_t from step t+1
+    C = panel_width(gates)
+    cols, first = thread_columns(H, 1, units, C)
+    panels = np.empty((first[-1], G, C), dtype=gates.dtype)
+    dh_step = np.empty((N, first[-1] * C), dtype=gates.dtype)  # the gradient reaching h_t, packed
+    for g in prange(len(units) - 1):
+        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
     for t in range(T - 1, -1, -1):
         c_prev = cs[t - 1] if t > 0 else c0
-        for c in prange(len(bounds) - 1):
-            u0, u1 = bounds[c], bounds[c + 1]
+        for c in prange((len(rows) - 1) * (len(units) - 1)):
+            r0, r1, g = share(c, rows, units)
+            u0, u1, at = units[g], units[g + 1], first[g] * C
             if t == T - 1:
-                dh_step[:, u0:u1] = dh[:, u0:u1]
+                dh_step[r0:r1, at : at + u1 - u0] = dh[r0:r1, u0:u1]
             else:
-                dot_rows(gates[t + 1], Wh, dh_step, u0, u1)
-            _cell_backward(gates[t], dh_step, dhs[t], cs[t], c_prev, dc, u0, u1, H, one)
-    for c in prange(len(bounds) - 1):
-        dot_rows(gates[0], Wh, dh, bounds[c], bounds[c + 1])
+                panel_product(gates[t + 1], panels, dh_step, first[g], first[g + 1], r0, r1, t % 2 == 1)
+            _cell_backward(gates[t], dh_step, at, dhs[t], cs[t], c_prev, dc, r0, r1, u0, u1, H, one)
+    for c in prange((len(rows) - 1) * (len(units) - 1)):
+        r0, r1, g = share(c, rows, units)
+        u0, u1, at = units[g], units[g + 1], first[g] * C
+        panel_product(gates[0], panels, dh_step, first[g], first[g + 1], r0, r1)
+        dh[r0:r1, u0:u1] = dh_step[r0:r1, at : at + u1 - u0]
 
 
 @kernel
-def _cell_backward(a, dh, up, c, c_prev, dc, u0, u1, H, one):
-    for n in range(a.shape[0]):
+def _cell_backward(a, dh, at, up, c, c_prev, dc, r0, r1, u0, u1, H, one):
+    """dh: the gradient reaching units u0..u1 from the next step, in columns at .. at + u1 - u0."""
+    for n in range(r0, r1):
         _gates_backward(a[n, u0:u1], a[n, H + u0:H + u1], a[n, 2 * H + u0:2 * H + u1], a[n, 3 * H + u0:3 * H + u1],
-                        dh[n, u0:u1], up[n, u0:u1], c[n, u0:u1], c_prev[n, u0:u1], dc[n, u0:u1], one)
+                        dh[n, at : at + u1 - u0], up[n, u0:u1], c[n, u0:u1], c_prev[n, u0:u1], dc[n, u0:u1], one)
 
 
 @kernel

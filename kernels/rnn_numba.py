@@ -1,60 +1,92 @@
 """tanh-RNN recurrence for the numba backend: one compiled call per sequence, one parallel
 region per step.
 
-Each thread owns a range of hidden units (``bounds``, computed once by the caller: a
-parallel call made from inside a parallel region runs nested and costs a step's time). In a forward step it computes its columns of
-h_{t-1} @ Wh (``dot_rows``, the small-GEMM tile) and their tanh; in a backward step its
-columns of dxw_{t+1} @ Wh^T and the tanh derivative. A step reads the whole previous state,
-which every thread finished before the region ended, so no other synchronization is needed.
+The threads split a step by hidden units or by batch rows (``share``; the split is chosen
+once by the caller: a parallel call made from inside a parallel region runs nested and costs
+a step's time). The columns of Wh (forward) or Wh^T (backward) each unit group needs are
+packed into panels once. In a forward step a thread computes its part of h_{t-1} @ Wh with
+the register tile and the tanh; in a backward step its part of dxw_{t+1} @ Wh^T and the tanh
+derivative. A step reads the whole previous state, which every thread finished before the
+region ended, so no other synchronization is needed.
 """
 import numpy as np
 from numba import prange
 
-from .common_numba import add_activate, dot_rows, kernel, parallel_kernel
+from .common_numba import (
+    add_activate,
+    kernel,
+    pack_panels,
+    panel_product,
+    panel_width,
+    parallel_kernel,
+    share,
+    thread_columns,
+)
+
+
+@kernel
+def _packed(W, units, C):
+    """Room for W's columns of each unit group in panels: (panels, cols, first)."""
+    cols, first = thread_columns(W.shape[1], 1, units, C)
+    return np.empty((first[-1], W.shape[0], C), dtype=W.dtype), cols, first
 
 
 @parallel_kernel
-def rnn_forward(xw, h0, WhT, bounds):
+def rnn_forward(xw, h0, Wh, rows, units):
     """h_t = tanh(xw_t + h_{t-1} @ Wh), written over xw, which is returned as hs.
-    WhT = Wh^T (C order); bounds: the units of each thread (``unit_chunks``)."""
-    T, N, H = xw.shape
-    rec = np.empty((N, H), dtype=xw.dtype)
+    rows, units: how the threads split a step (``share``)."""
+    T, N = xw.shape[:2]
+    C = panel_width(xw)
+    panels, cols, first = _packed(Wh, units, C)
+    rec = np.empty((N, first[-1] * C), dtype=xw.dtype)
+    for g in prange(len(units) - 1):
+        pack_panels(Wh, cols, panels, first[g], first[g + 1])
     for t in range(T):
         h_prev = xw[t - 1] if t > 0 else h0
-        for c in prange(len(bounds) - 1):
-            u0, u1 = bounds[c], bounds[c + 1]
-            dot_rows(h_prev, WhT, rec, u0, u1)
-            _tanh_step(xw[t], rec, u0, u1)
+        for c in prange((len(rows) - 1) * (len(units) - 1)):
+            r0, r1, g = share(c, rows, units)
+            panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
+            _tanh_step(xw[t], rec, first[g] * C, r0, r1, units[g], units[g + 1])
     return xw
 
 
 @kernel
-def _tanh_step(a, rec, u0, u1):
-    for n in range(a.shape[0]):  # row by row over 1-D slices: loops LLVM vectorizes
-        add_activate(a[n, u0:u1], rec[n, u0:u1], True)
+def _tanh_step(a, rec, at, r0, r1, u0, u1):
+    """rec holds units u0..u1 in columns at ..; row by row over contiguous 1-D slices, which LLVM
+    vectorizes (a column slice of a 2-D array has an unknown layout, which stops it)."""
+    for n in range(r0, r1):
+        add_activate(a[n, u0:u1], rec[n, at : at + u1 - u0], True)
 
 
 @parallel_kernel
-def rnn_backward(dhs, hs, Wh, dh, dxw, one, bounds):
+def rnn_backward(dhs, hs, Wh, dh, dxw, one, rows, units):
     """Fills dxw with d(pre-activation); dh enters as the gradient at h_T and leaves as dh0."""
-    T, N, H = dhs.shape
-    dh_step = np.empty((N, H), dtype=dhs.dtype)  # the gradient reaching h_t from step t+1
+    T, N = dhs.shape[:2]
+    C = panel_width(dhs)
+    panels, cols, first = _packed(Wh.T, units, C)
+    dh_step = np.empty((N, first[-1] * C), dtype=dhs.dtype)  # the gradient reaching h_t, packed
+    for g in prange(len(units) - 1):
+        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
     for t in range(T - 1, -1, -1):
-        for c in prange(len(bounds) - 1):
-            u0, u1 = bounds[c], bounds[c + 1]
+        for c in prange((len(rows) - 1) * (len(units) - 1)):
+            r0, r1, g = share(c, rows, units)
+            u0, u1, at = units[g], units[g + 1], first[g] * C
             if t == T - 1:
-                dh_step[:, u0:u1] = dh[:, u0:u1]
+                dh_step[r0:r1, at : at + u1 - u0] = dh[r0:r1, u0:u1]
             else:
-                dot_rows(dxw[t + 1], Wh, dh_step, u0, u1)
-            _tanh_step_backward(dxw[t], dh_step, dhs[t], hs[t], u0, u1, one)
-    for c in prange(len(bounds) - 1):
-        dot_rows(dxw[0], Wh, dh, bounds[c], bounds[c + 1])
+                panel_product(dxw[t + 1], panels, dh_step, first[g], first[g + 1], r0, r1, t % 2 == 1)
+            _tanh_step_backward(dxw[t], dh_step, at, dhs[t], hs[t], r0, r1, u0, u1, one)
+    for c in prange((len(rows) - 1) * (len(units) - 1)):
+        r0, r1, g = share(c, rows, units)
+        u0, u1, at = units[g], units[g + 1], first[g] * C
+        panel_product(dxw[0], panels, dh_step, first[g], first[g + 1], r0, r1)
+        dh[r0:r1, u0:u1] = dh_step[r0:r1, at : at + u1 - u0]
 
 
 @kernel
-def _tanh_step_backward(d, dh, up, h, u0, u1, one):
-    for n in range(d.shape[0]):
-        _tanh_derivative(d[n, u0:u1], dh[n, u0:u1], up[n, u0:u1], h[n, u0:u1], one)
+def _tanh_step_backward(d, dh, at, up, h, r0, r1, u0, u1, one):
+    for n in range(r0, r1):
+        _tanh_derivative(d[n, u0:u1], dh[n, at : at + u1 - u0], up[n, u0:u1], h[n, u0:u1], one)
 
 
 @kernel

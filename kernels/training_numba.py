@@ -3,21 +3,17 @@ cross-entropy in one pass per row, dropout masks, gradient norm and SGD, all par
 import numpy as np
 from numba import prange
 
-from .common_numba import exp_, kernel, like, parallel_kernel
+from .common_numba import exp_, kernel, like, line_chunks, parallel_kernel
 
 
 @parallel_kernel
 def embedding_scatter_add(dW, ids, dout, threads):
-    """dW[ids[m]] += dout[m]. Threads split the columns, so repeated ids never race."""
-    D = dout.shape[1]
-    P = min(threads, D)
-    for c in prange(P):
-        d0, d1 = c * D // P, (c + 1) * D // P
+    """dW[ids[m]] += dout[m]. Threads split the columns (``line_chunks``), so repeated ids never race."""
+    bounds = line_chunks(dout.shape[1], threads)
+    for c in prange(len(bounds) - 1):
+        d0, d1 = bounds[c], bounds[c + 1]
         for m in range(ids.shape[0]):
-            row = dW[ids[m]]
-            src = dout[m]
-            for d in range(d0, d1):
-                row[d] += src[d]
+            _add_into(dW[ids[m], d0:d1], dout[m, d0:d1])
 
 
 @parallel_kernel
@@ -76,15 +72,21 @@ def _row_max(row):
 
 @parallel_kernel
 def sum_rows(a, out, threads):
-    """out = a.sum(axis=0), threads splitting the columns."""
+    """out = a.sum(axis=0), threads splitting the columns (``line_chunks``)."""
     M, K = a.shape
-    P = min(threads, K)
-    for c in prange(P):
-        k0, k1 = c * K // P, (c + 1) * K // P
-        out[k0:k1] = a[0, k0:k1]
+    bounds = line_chunks(K, threads)
+    for c in prange(len(bounds) - 1):
+        k0, k1 = bounds[c], bounds[c + 1]
+        acc = out[k0:k1]
+        acc[:] = a[0, k0:k1]
         for m in range(1, M):
-            for k in range(k0, k1):
-                out[k] += a[m, k]
+            _add_into(acc, a[m, k0:k1])
+
+
+@kernel
+def _add_into(acc, x):
+    for k in range(acc.size):  # 1-D slices: LLVM vectorizes
+        acc[k] += x[k]
 
 
 @parallel_kernel

@@ -4,6 +4,7 @@ The top-level ``kernels/`` folder is packaged as ``rnncore.kernels`` (see pyproj
 Running from a source tree with ``PYTHONPATH=.`` has no such package, so it is registered
 here from the folder beside ``rnncore/``.
 """
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -47,7 +48,39 @@ def cuda_source(filename):
 def numba_module(name):
     """Import a Numba kernel module, e.g. ``numba_module("lstm_numba")``."""
     package()
-    return importlib.import_module(f"{PACKAGE}.{name}")
+    module = importlib.import_module(f"{PACKAGE}.{name}")
+    _drop_stale_numba_cache(module)
+    return module
+
+
+def _numba_sources_digest():
+    digest = hashlib.sha256()
+    for path in sorted(folder().glob("*_numba.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _drop_stale_numba_cache(module):
+    """Numba's cache checks only a kernel's own file for changes, not the helpers it inlines
+    from common_numba.py: after any kernel source changed, a module's cached code is dropped."""
+    cached = [f for f in vars(module).values()
+              if getattr(getattr(f, "py_func", None), "__module__", None) == module.__name__
+              and hasattr(getattr(f, "_cache", None), "_cache_path")]
+    if not cached:
+        return
+    marker = Path(cached[0]._cache._cache_path) / f"{module.__name__.rsplit('.', 1)[-1]}.sources"
+    digest = _numba_sources_digest()
+    try:
+        if marker.read_text() == digest:
+            return
+    except OSError:
+        pass
+    for kernel in cached:
+        kernel._cache.flush()
+    try:
+        marker.write_text(digest)
+    except OSError:  # a read-only cache folder: Numba then does not cache there either
+        pass
 
 
 # The kernel templates each CUDA file defines; each is instantiated for float and double.

@@ -6,6 +6,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import HAS_GPU, HAS_NUMBA, REPO
 
@@ -136,3 +137,24 @@ def test_readme_commands_are_what_ci_runs():
     main_job = 'pip install ".[numba,bench]" && rnncore bench --quick'
     assert test_command in readme and test_command in ci
     assert main_job in readme
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
+def test_numba_cache_is_dropped_when_a_kernel_source_changes():
+    """Numba's cache checks only a kernel's own file; rnncore drops a module's cache when any
+    kernel file changed (here: the recorded digest no longer matches)."""
+    from rnncore import _kernels
+
+    module = _kernels.numba_module("training_numba")
+    kernel = module.sum_rows
+    a = np.ones((3, 40), dtype=np.float32)
+    kernel(a, np.empty(40, dtype=np.float32), 2)  # compiled (or loaded) and cached
+    index = kernel._cache._cache_file
+    marker = Path(kernel._cache._cache_path) / "training_numba.sources"
+    if not os.access(marker.parent, os.W_OK):
+        pytest.skip("the numba cache folder is read-only")
+    assert index._load_index(), "nothing was cached"
+    marker.write_text("a digest of older sources")
+    _kernels._drop_stale_numba_cache(module)
+    assert index._load_index() == {}
+    assert marker.read_text() == _kernels._numba_sources_digest()

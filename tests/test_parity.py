@@ -165,3 +165,30 @@ def test_fused_steps_on_row_and_unit_edges(kind, N, H):
     got = run_recurrent(be, kind, params, xs, dhs, states)
     for e, g in zip(expected, got):
         assert rel_err(e, g) <= 1e-12
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("split", ["rows", "units"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("N, H", [(1, 70), (13, 3), (37, 45)])
+def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
+    """Threads share a step by batch rows (Wh fits in L2) or by hidden units; both, with tiles
+    of 10 rows and panels of 16-32 columns cut at odd places, compute what NumPy does."""
+    numba = pytest.importorskip("numba")
+    nb = pytest.importorskip("rnncore.backends.numba_backend")
+    monkeypatch.setattr(nb, "WEIGHTS_KEPT_IN_L2", 1 << 40 if split == "rows" else 0)
+    be = rnncore.get_backend("numba")
+    T, D = 6, 5
+    rng = np.random.default_rng(N * H + threads)
+    params = random_params(rng, kind, D, H, np.float64)
+    xs, dhs = (rng.standard_normal(s) for s in ((N, T, D), (N, T, H)))
+    states = [rng.standard_normal((N, H)) for _ in range(1 if kind == "rnn" else 2)]
+    expected = run_recurrent(rnncore.get_backend("numpy"), kind, params, xs, dhs, states)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = run_recurrent(be, kind, params, xs, dhs, states)
+    finally:
+        numba.set_num_threads(before)
+    for k, (e, g) in enumerate(zip(expected, got)):
+        assert rel_err(e, g) <= 1e-12, f"output {k}: {rel_err(e, g):.2e}"

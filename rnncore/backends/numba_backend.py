@@ -25,6 +25,9 @@ _lstm = _kernels.numba_module("lstm_numba")
 _training = _kernels.numba_module("training_numba")
 
 
+WEIGHTS_KEPT_IN_L2 = 1 << 20  # bytes: half of a 2 MiB L2, the rest for the state, gates and prefetch
+
+
 def single_threaded_scipy_blas():
     """Make SciPy's OpenBLAS single-threaded; returns the libraries changed (empty if none found)."""
     try:
@@ -82,33 +85,41 @@ class NumbaBackend(NumpyBackend):
         return b if (b.flags.c_contiguous or b.flags.f_contiguous) else np.ascontiguousarray(b)
 
     # recurrences -----------------------------------------------------------------------
-    def _transposed(self, Wh):
-        """Wh^T in C order: the forward step's dot products run along Wh's columns."""
-        return self._rows(Wh.T) if Wh.flags.c_contiguous else np.ascontiguousarray(Wh.T)
-
     @staticmethod
-    def _bounds(H):
-        return _common.unit_chunks(H, numba.get_num_threads())
+    def _split(N, H, Wh):
+        """How the threads share a recurrence step: (row bounds, unit bounds), one of them a single range.
+
+        By batch rows when Wh fits in a core's L2 cache (each core then keeps all of Wh hot and
+        touches only its own rows: no cache line ping-pongs between cores, which at H=100 made
+        two threads slower than one); else by hidden units, so each core streams only its share
+        of Wh from L3 every step."""
+        threads = numba.get_num_threads()
+        if Wh.nbytes <= WEIGHTS_KEPT_IN_L2 and N >= threads > 1:
+            return _common.even_chunks(N, threads), _common.even_chunks(H, 1)
+        return _common.even_chunks(N, 1), _common.line_chunks(H, threads)
 
     def rnn_forward(self, xw, h0, Wh):
-        return _rnn.rnn_forward(xw, _c(h0), self._transposed(Wh), self._bounds(xw.shape[2]))
+        _, N, H = xw.shape
+        return _rnn.rnn_forward(xw, _c(h0), Wh, *self._split(N, H, Wh))
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
+        _, N, H = dhs.shape
         dxw = np.empty_like(dhs)
         dh = self.initial_grad(dh_T, h0)
-        _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), self._bounds(dhs.shape[2]))
+        _rnn.rnn_backward(_c(dhs), hs, Wh, dh, dxw, dhs.dtype.type(1), *self._split(N, H, Wh))
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
         T, N, G = xw.shape
         hs = np.empty((T, N, G // 4), dtype=xw.dtype)
         cs = np.empty_like(hs)
-        _lstm.lstm_forward(xw, _c(h0), _c(c0), self._transposed(Wh), hs, cs, self._bounds(G // 4))
+        _lstm.lstm_forward(xw, _c(h0), _c(c0), Wh, hs, cs, *self._split(N, G // 4, Wh))
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
+        _, N, H = dhs.shape
         dh, dc = self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0)
-        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), self._bounds(dhs.shape[2]))
+        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), Wh, dh, dc, dhs.dtype.type(1), *self._split(N, H, Wh))
         return dh, dc
 
     # the rest of a training step --------------------------------------------------------
