@@ -102,8 +102,20 @@ def _exp_impl(x):
 
 
 # the register tile: small and large GEMMs near the core's peak ----------------------------
-TILE_ROWS = 10
-PANEL_BYTES = 128  # a panel is two 512-bit vectors wide: 32 float32 or 16 float64 columns
+def _vector_bytes():
+    """64 where Numba compiles for AVX-512, else 32 (AVX2; narrower targets split the vectors)."""
+    import llvmlite.binding as llvm
+    from numba.core import config
+
+    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
+
+
+# The tile keeps 2 * TILE_ROWS vector accumulators plus two panel vectors and a broadcast in
+# registers: 23 of AVX-512's 32, 15 of AVX2's 16.
+VECTOR_BYTES = _vector_bytes()
+TILE_ROWS = 10 if VECTOR_BYTES == 64 else 6
+PANEL_BYTES = 2 * VECTOR_BYTES  # a panel is two vectors wide: 32 float32 columns with AVX-512
 
 
 def _byte_ptr(builder, base, offset):
@@ -135,7 +147,7 @@ def _tile(typingctx, A, panel, out, n0, rows, col):
 
         fty = context.get_value_type(signature.args[0].dtype)
         size = context.get_abi_sizeof(fty)
-        width = 64 // size
+        width = VECTOR_BYTES // size
         vty = ir.VectorType(fty, width)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                              f"llvm.fma.v{width}{'f32' if size == 4 else 'f64'}")
@@ -153,7 +165,7 @@ def _tile(typingctx, A, panel, out, n0, rows, col):
         with cgutils.for_range(builder, K) as loop:
             wk = _byte_ptr(builder, w.data, builder.mul(loop.index, w_row))
             halves = [builder.load(builder.bitcast(_byte_ptr(builder, wk, const(off)), vty.as_pointer()), align=size)
-                      for off in (0, 64)]
+                      for off in (0, VECTOR_BYTES)]
             ak = builder.mul(loop.index, a_col)
             for i in range(TILE_ROWS):
                 x = builder.load(builder.bitcast(_byte_ptr(builder, row_ptrs[i], ak), fty.as_pointer()))
@@ -163,7 +175,7 @@ def _tile(typingctx, A, panel, out, n0, rows, col):
         for i in range(TILE_ROWS):
             with builder.if_then(builder.icmp_signed("<", const(i), rows)):
                 row = builder.add(builder.mul(builder.add(n0, const(i)), o_row), builder.mul(col, const(size)))
-                for acc, off in zip(accs[2 * i : 2 * i + 2], (0, 64)):
+                for acc, off in zip(accs[2 * i : 2 * i + 2], (0, VECTOR_BYTES)):
                     dest = _byte_ptr(builder, o.data, builder.add(row, const(off)))
                     builder.store(builder.load(acc), builder.bitcast(dest, vty.as_pointer()), align=size)
         return context.get_dummy_value()
