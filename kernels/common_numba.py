@@ -246,6 +246,37 @@ def thread_columns(H, gates, units, C):
     return cols, first
 
 
+@kernel
+def unit_panels(W, H, gates, units):
+    """Room for W's columns of each unit group, packed (``thread_columns``): (panels, cols, first, C)."""
+    C = panel_width(W)
+    cols, first = thread_columns(H, gates, units, C)
+    return np.empty((first[-1], W.shape[0], C), dtype=W.dtype), cols, first, C
+
+
+@kernel(inline="always")
+def gradient_reaching_h(d_pre, t, panels, dh_step, dh, first, rows, units, c):
+    """Thread c's share of dh_step at backward step t: the incoming dh at t = T - 1, else
+    d_pre[t + 1] @ Wh^T on its packed columns (d_pre: the pre-activation gradients, (T, N, G)).
+    Returns its rows, its units and the column of dh_step where those units start."""
+    r0, r1, g = share(c, rows, units)
+    u0, u1, at = units[g], units[g + 1], first[g] * panels.shape[2]
+    if t == d_pre.shape[0] - 1:
+        dh_step[r0:r1, at : at + u1 - u0] = dh[r0:r1, u0:u1]
+    else:
+        panel_product(d_pre[t + 1], panels, dh_step, first[g], first[g + 1], r0, r1, t % 2 == 1)
+    return r0, r1, u0, u1, at
+
+
+@kernel
+def gradient_at_start(d_pre, panels, dh_step, dh, first, rows, units, c):
+    """Thread c's share of dh = d_pre[0] @ Wh^T, the gradient at the start state."""
+    r0, r1, g = share(c, rows, units)
+    u0, u1, at = units[g], units[g + 1], first[g] * panels.shape[2]
+    panel_product(d_pre[0], panels, dh_step, first[g], first[g + 1], r0, r1)
+    dh[r0:r1, u0:u1] = dh_step[r0:r1, at : at + u1 - u0]
+
+
 @kernel(inline="always")
 def share(c, rows, units):
     """Thread c's part of a recurrence step: rows r0..r1 of the batch and unit group g.

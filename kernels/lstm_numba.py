@@ -17,14 +17,15 @@ from numba import prange
 
 from .common_numba import (
     add_activate,
+    gradient_at_start,
+    gradient_reaching_h,
     kernel,
     pack_panels,
     panel_product,
-    panel_width,
     parallel_kernel,
     share,
     tanh_,
-    thread_columns,
+    unit_panels,
 )
 
 
@@ -33,9 +34,7 @@ def lstm_forward(xw, h0, c0, Wh, hs, cs, rows, units):
     """rows, units: how the threads split a step (``share``)."""
     T, N, G = xw.shape
     H = G // 4
-    C = panel_width(xw)
-    cols, first = thread_columns(H, 4, units, C)
-    panels = np.empty((first[-1], H, C), dtype=xw.dtype)
+    panels, cols, first, C = unit_panels(Wh, H, 4, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)  # each unit group's gate columns, packed
     for g in prange(len(units) - 1):
         pack_panels(Wh, cols, panels, first[g], first[g + 1])
@@ -76,27 +75,17 @@ def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
     """dh, dc enter as the gradients at h_T, c_T and leave as those at h0, c0."""
     T, N, G = gates.shape
     H = G // 4
-    C = panel_width(gates)
-    cols, first = thread_columns(H, 1, units, C)
-    panels = np.empty((first[-1], G, C), dtype=gates.dtype)
+    panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=gates.dtype)  # the gradient reaching h_t, packed
     for g in prange(len(units) - 1):
         pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
     for t in range(T - 1, -1, -1):
         c_prev = cs[t - 1] if t > 0 else c0
         for c in prange((len(rows) - 1) * (len(units) - 1)):
-            r0, r1, g = share(c, rows, units)
-            u0, u1, at = units[g], units[g + 1], first[g] * C
-            if t == T - 1:
-                dh_step[r0:r1, at : at + u1 - u0] = dh[r0:r1, u0:u1]
-            else:
-                panel_product(gates[t + 1], panels, dh_step, first[g], first[g + 1], r0, r1, t % 2 == 1)
+            r0, r1, u0, u1, at = gradient_reaching_h(gates, t, panels, dh_step, dh, first, rows, units, c)
             _cell_backward(gates[t], dh_step, at, dhs[t], cs[t], c_prev, dc, r0, r1, u0, u1, H, one)
     for c in prange((len(rows) - 1) * (len(units) - 1)):
-        r0, r1, g = share(c, rows, units)
-        u0, u1, at = units[g], units[g + 1], first[g] * C
-        panel_product(gates[0], panels, dh_step, first[g], first[g + 1], r0, r1)
-        dh[r0:r1, u0:u1] = dh_step[r0:r1, at : at + u1 - u0]
+        gradient_at_start(gates, panels, dh_step, dh, first, rows, units, c)
 
 
 @kernel

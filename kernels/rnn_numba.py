@@ -14,30 +14,23 @@ from numba import prange
 
 from .common_numba import (
     add_activate,
+    gradient_at_start,
+    gradient_reaching_h,
     kernel,
     pack_panels,
     panel_product,
-    panel_width,
     parallel_kernel,
     share,
-    thread_columns,
+    unit_panels,
 )
-
-
-@kernel
-def _packed(W, units, C):
-    """Room for W's columns of each unit group in panels: (panels, cols, first)."""
-    cols, first = thread_columns(W.shape[1], 1, units, C)
-    return np.empty((first[-1], W.shape[0], C), dtype=W.dtype), cols, first
 
 
 @parallel_kernel
 def rnn_forward(xw, h0, Wh, rows, units):
     """h_t = tanh(xw_t + h_{t-1} @ Wh), written over xw, which is returned as hs.
     rows, units: how the threads split a step (``share``)."""
-    T, N = xw.shape[:2]
-    C = panel_width(xw)
-    panels, cols, first = _packed(Wh, units, C)
+    T, N, H = xw.shape
+    panels, cols, first, C = unit_panels(Wh, H, 1, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)
     for g in prange(len(units) - 1):
         pack_panels(Wh, cols, panels, first[g], first[g + 1])
@@ -61,26 +54,17 @@ def _tanh_step(a, rec, at, r0, r1, u0, u1):
 @parallel_kernel
 def rnn_backward(dhs, hs, Wh, dh, dxw, one, rows, units):
     """Fills dxw with d(pre-activation); dh enters as the gradient at h_T and leaves as dh0."""
-    T, N = dhs.shape[:2]
-    C = panel_width(dhs)
-    panels, cols, first = _packed(Wh.T, units, C)
+    T, N, H = dhs.shape
+    panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=dhs.dtype)  # the gradient reaching h_t, packed
     for g in prange(len(units) - 1):
         pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
     for t in range(T - 1, -1, -1):
         for c in prange((len(rows) - 1) * (len(units) - 1)):
-            r0, r1, g = share(c, rows, units)
-            u0, u1, at = units[g], units[g + 1], first[g] * C
-            if t == T - 1:
-                dh_step[r0:r1, at : at + u1 - u0] = dh[r0:r1, u0:u1]
-            else:
-                panel_product(dxw[t + 1], panels, dh_step, first[g], first[g + 1], r0, r1, t % 2 == 1)
+            r0, r1, u0, u1, at = gradient_reaching_h(dxw, t, panels, dh_step, dh, first, rows, units, c)
             _tanh_step_backward(dxw[t], dh_step, at, dhs[t], hs[t], r0, r1, u0, u1, one)
     for c in prange((len(rows) - 1) * (len(units) - 1)):
-        r0, r1, g = share(c, rows, units)
-        u0, u1, at = units[g], units[g + 1], first[g] * C
-        panel_product(dxw[0], panels, dh_step, first[g], first[g + 1], r0, r1)
-        dh[r0:r1, u0:u1] = dh_step[r0:r1, at : at + u1 - u0]
+        gradient_at_start(dxw, panels, dh_step, dh, first, rows, units, c)
 
 
 @kernel
