@@ -1,7 +1,7 @@
 """What the numba kernels share: vectorizable float32 math, the GEMM register tile, parallel GEMMs.
 
-Threads: every parallel loop here is Numba's (``prange``). BLAS (SciPy's OpenBLAS, which
-``np.dot`` calls inside ``@njit``) runs single-threaded inside those loops, so only one
+Threads: every parallel loop here is Numba's (``prange``). BLAS (SciPy's OpenBLAS, called
+directly) runs single-threaded inside those loops, so only one
 thread pool is ever busy; two spinning pools on two cores slow each other by 10x or more.
 
 Math: libm's tanhf/expf are scalar calls that stop LLVM from vectorizing a loop. For
@@ -12,6 +12,7 @@ NumPy's own float32 functions (about 1 ulp); float64 keeps libm.
 import functools
 
 import numpy as np
+import llvmlite.binding as llvm_binding
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.core import cgutils
@@ -122,24 +123,33 @@ def _byte_ptr(builder, base, offset):
     return builder.gep(builder.bitcast(base, ir.IntType(8).as_pointer()), [offset])
 
 
-@intrinsic
-def _tile(typingctx, A, panel, out, n0, rows, col):
-    """out[n0 + i, col : col + C] = A[n0 + i, :] @ panel for i < rows <= TILE_ROWS; panel (K, C) C order.
+ZEROS, ADD_TO_OUT, FROM_BIAS = 0, 1, 2  # what a tile's sums start from (``_tile``'s ``start``)
 
-    Written as LLVM IR because the loop vectorizer will not build this kernel from Python
-    loops: 2 * TILE_ROWS vector accumulators held in registers across the whole k loop, each
-    k loading two vectors of the panel and broadcasting one element of each row of A
-    (about 160-190 GFLOP/s a core in float32 where the compiled 4x4 dot tile gave 85).
-    Rows past ``rows`` repeat the last row (computed, not stored).
+
+@intrinsic
+def _tile(typingctx, A, panel, out, n0, rows, col, start, bias):
+    """out[n0 + i, col : col + C] = S + A[:, i] @ panel for i < rows <= TILE_ROWS: A (K, TILE_ROWS)
+    holds the tile's rows packed k-major (``pack_rows``), panel (K, C); both C order.
+
+    S is zero, the tile's own old values (``start`` ADD_TO_OUT: a product over several blocks
+    of K) or bias[col : col + C] in every row (FROM_BIAS). Written as LLVM IR because the loop
+    vectorizer will not build this kernel from Python loops: 2 * TILE_ROWS vector accumulators
+    held in registers across the whole k loop, each k loading two vectors of the panel and
+    broadcasting one element of each row of A (the compiled 4x4 dot tile gave 85 GFLOP/s a
+    core in float32). Packed A keeps the k loop to two pointers: read through its own strides,
+    A's ten row pointers became a chain of ten dependent adds per k that held the tile to
+    ~75% of the FMA peak. Only the first ``rows`` rows are stored.
     """
-    if not (isinstance(A, types.Array) and A.ndim == 2 and A.dtype in (types.float32, types.float64)
-            and panel == types.Array(A.dtype, 2, "C") and isinstance(out, types.Array) and out.dtype == A.dtype):
+    if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64)
+            and A == types.Array(A.dtype, 2, "C") and panel == A and isinstance(out, types.Array) and out.dtype == A.dtype
+            and isinstance(bias, types.Array) and bias.ndim == 1 and bias.dtype == A.dtype):
         return None
-    sig = types.void(A, panel, out, n0, rows, col)
+    sig = types.void(A, panel, out, n0, rows, col, start, bias)
 
     def codegen(context, builder, signature, args):
-        a, w, o = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3]))
-        n0, rows, col = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:], signature.args[3:]))
+        a, w, o, b = (context.make_array(t)(context, builder, v)
+                      for t, v in zip(signature.args[:3] + signature.args[7:], args[:3] + args[7:]))
+        n0, rows, col, start = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:7], signature.args[3:7]))
         intp = context.get_value_type(types.intp)
 
         def const(v):
@@ -151,33 +161,43 @@ def _tile(typingctx, A, panel, out, n0, rows, col):
         vty = ir.VectorType(fty, width)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty] * 3),
                                              f"llvm.fma.v{width}{'f32' if size == 4 else 'f64'}")
-        K = cgutils.unpack_tuple(builder, a.shape, 2)[1]
-        a_row, a_col = cgutils.unpack_tuple(builder, a.strides, 2)
+
+        def vector_at(base, offset):
+            return builder.bitcast(_byte_ptr(builder, base, offset), vty.as_pointer())
+
+        K = cgutils.unpack_tuple(builder, a.shape, 2)[0]
         w_row = cgutils.unpack_tuple(builder, w.strides, 2)[0]
         o_row = cgutils.unpack_tuple(builder, o.strides, 2)[0]
-        last = builder.sub(rows, const(1))
-        row_ptrs = [_byte_ptr(builder, a.data, builder.mul(builder.add(
-            n0, builder.select(builder.icmp_signed("<", const(i), rows), const(i), last)), a_row))
-            for i in range(TILE_ROWS)]
+        b_step = cgutils.unpack_tuple(builder, b.strides, 1)[0]
+        out_rows = [builder.add(builder.mul(builder.add(n0, const(i)), o_row), builder.mul(col, const(size)))
+                    for i in range(TILE_ROWS)]
+        halves = (0, VECTOR_BYTES)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(2 * TILE_ROWS)]
+        with builder.if_then(builder.icmp_signed("==", start, const(FROM_BIAS))):
+            bias_at = builder.mul(col, b_step)
+            for i in range(TILE_ROWS):
+                for acc, off in zip(accs[2 * i : 2 * i + 2], halves):
+                    builder.store(builder.load(vector_at(b.data, builder.add(bias_at, const(off))), align=size), acc)
+        with builder.if_then(builder.icmp_signed("==", start, const(ADD_TO_OUT))):
+            for i in range(TILE_ROWS):
+                with builder.if_then(builder.icmp_signed("<", const(i), rows)):
+                    for acc, off in zip(accs[2 * i : 2 * i + 2], halves):
+                        builder.store(builder.load(vector_at(o.data, builder.add(out_rows[i], const(off))), align=size), acc)
         undef = ir.Constant(vty, ir.Undefined)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         with cgutils.for_range(builder, K) as loop:
             wk = _byte_ptr(builder, w.data, builder.mul(loop.index, w_row))
-            halves = [builder.load(builder.bitcast(_byte_ptr(builder, wk, const(off)), vty.as_pointer()), align=size)
-                      for off in (0, VECTOR_BYTES)]
-            ak = builder.mul(loop.index, a_col)
+            panel_row = [builder.load(vector_at(wk, const(off)), align=size) for off in halves]
+            ak = _byte_ptr(builder, a.data, builder.mul(loop.index, const(TILE_ROWS * size)))
             for i in range(TILE_ROWS):
-                x = builder.load(builder.bitcast(_byte_ptr(builder, row_ptrs[i], ak), fty.as_pointer()))
+                x = builder.load(builder.bitcast(_byte_ptr(builder, ak, const(i * size)), fty.as_pointer()))
                 xs = builder.shuffle_vector(builder.insert_element(undef, x, ir.Constant(ir.IntType(32), 0)), undef, splat)
-                for acc, half in zip(accs[2 * i : 2 * i + 2], halves):
+                for acc, half in zip(accs[2 * i : 2 * i + 2], panel_row):
                     builder.store(builder.call(fma, [xs, half, builder.load(acc)]), acc)
         for i in range(TILE_ROWS):
             with builder.if_then(builder.icmp_signed("<", const(i), rows)):
-                row = builder.add(builder.mul(builder.add(n0, const(i)), o_row), builder.mul(col, const(size)))
-                for acc, off in zip(accs[2 * i : 2 * i + 2], (0, VECTOR_BYTES)):
-                    dest = _byte_ptr(builder, o.data, builder.add(row, const(off)))
-                    builder.store(builder.load(acc), builder.bitcast(dest, vty.as_pointer()), align=size)
+                for acc, off in zip(accs[2 * i : 2 * i + 2], halves):
+                    builder.store(builder.load(acc), vector_at(o.data, builder.add(out_rows[i], const(off))), align=size)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -189,29 +209,31 @@ def panel_width(a):
 
 
 @kernel
-def pack_panels(B, cols, panels, p0, p1):
-    """panels[p, k, i] = B[k, cols[p * C + i]], zero where cols is -1, for p0 <= p < p1.
+def pack_panels(B, k0, k1, cols, p0, p1, panels, to):
+    """panels[to + p - p0, k - k0, i] = B[k, cols[p * C + i]] for p0 <= p < p1 and k0 <= k < k1,
+    zero where cols is -1.
 
     Packing makes each panel one contiguous (K, C) block the tile streams through; the
     loop order follows B's layout so the reads are contiguous either way."""
-    K, C = panels.shape[1], panels.shape[2]
+    C = panels.shape[2]
     zero = like(panels, 0)
     for p in range(p0, p1):
+        panel = panels[to + p - p0]
         for i in range(C):
             if cols[p * C + i] < 0:
-                panels[p, :, i] = zero
+                panel[: k1 - k0, i] = zero
         if B.strides[0] >= B.strides[1]:
-            for k in range(K):
+            for k in range(k0, k1):
                 for i in range(C):
                     j = cols[p * C + i]
                     if j >= 0:
-                        panels[p, k, i] = B[k, j]
+                        panel[k - k0, i] = B[k, j]
         else:
             for i in range(C):
                 j = cols[p * C + i]
                 if j >= 0:
-                    for k in range(K):
-                        panels[p, k, i] = B[k, j]
+                    for k in range(k0, k1):
+                        panel[k - k0, i] = B[k, j]
 
 
 @kernel
@@ -219,11 +241,31 @@ def panel_product(A, panels, out, p0, p1, r0, r1, backwards=False):
     """out[r0:r1, p*C : (p+1)*C] = A[r0:r1] @ panels[p] for p0 <= p < p1. A recurrence alternates
     ``backwards`` from step to step: the panels it used last are still in the core's L2 cache
     when the next step starts (about 10% faster when the panels do not all fit)."""
-    C = panels.shape[2]
+    C, K = panels.shape[2], A.shape[1]
+    tiles = (r1 - r0 + TILE_ROWS - 1) // TILE_ROWS
+    packed = np.empty((tiles, K, TILE_ROWS), dtype=A.dtype)
+    for j in range(tiles):
+        pack_rows(A, r0 + j * TILE_ROWS, min(TILE_ROWS, r1 - r0 - j * TILE_ROWS), 0, K, packed[j])
     for i in range(p1 - p0):
         p = p1 - 1 - i if backwards else p0 + i
-        for n0 in range(r0, r1, TILE_ROWS):
-            _tile(A, panels[p], out, n0, min(TILE_ROWS, r1 - n0), p * C)
+        for j in range(tiles):
+            n0 = r0 + j * TILE_ROWS
+            _tile(packed[j], panels[p], out, n0, min(TILE_ROWS, r1 - n0), p * C, ZEROS, panels[p, 0])
+
+
+@kernel
+def pack_rows(A, n0, rows, k0, k1, packed):
+    """packed[k - k0, i] = A[n0 + i, k] for k0 <= k < k1 and i < rows, zero for rows <= i < TILE_ROWS:
+    one tile's rows of A, k-major, as ``_tile`` reads them. The loop order follows A's layout."""
+    if A.strides[1] <= A.strides[0]:
+        for i in range(rows):
+            for k in range(k0, k1):
+                packed[k - k0, i] = A[n0 + i, k]
+    else:
+        for k in range(k0, k1):
+            for i in range(rows):
+                packed[k - k0, i] = A[n0 + i, k]
+    packed[: k1 - k0, rows:] = like(packed, 0)
 
 
 @kernel
@@ -310,7 +352,7 @@ def even_chunks(n, parts):
     return bounds
 
 
-@kernel
+@kernel(inline="always")
 def add_activate(a, rec, is_tanh):
     """a = tanh(a + rec) or sigmoid(a + rec), in place, over 1-D slices (loops LLVM vectorizes)."""
     if is_tanh:
@@ -322,27 +364,78 @@ def add_activate(a, rec, is_tanh):
 
 
 # big GEMMs: BLAS, split across threads -----------------------------------------------------
+def _cython_blas_address(name):
+    """The address of SciPy's BLAS routine ``name`` (what NumPy's dot uses inside @njit too)."""
+    import ctypes
+
+    import scipy.linalg.cython_blas
+
+    capsule = scipy.linalg.cython_blas.__pyx_capi__[name]
+    api = ctypes.pythonapi
+    api.PyCapsule_GetName.restype, api.PyCapsule_GetName.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+    api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return api.PyCapsule_GetPointer(capsule, api.PyCapsule_GetName(capsule))
+
+
+# Called through a symbol the JIT linker resolves in each process, so the kernels that call
+# them stay cacheable (a ctypes function pointer would be baked into the code). Fortran ABI:
+# every argument by address.
+for _name in ("sgemm", "dgemm"):
+    llvm_binding.add_symbol(f"rnncore_{_name}", _cython_blas_address(_name))
+_sgemm, _dgemm = (types.ExternalFunction(f"rnncore_{n}", types.void(*[types.intp] * 13)) for n in ("sgemm", "dgemm"))
+
+
 @parallel_kernel
 def gemm(a, b, out, threads, bias=None):
-    """out = a @ b (+ bias); each thread runs single-threaded BLAS on its share of the rows of a,
-    adding the bias while those rows are still in cache."""
-    M = a.shape[0]
-    P = min(threads, M)
-    for c in prange(P):
-        lo, hi = c * M // P, (c + 1) * M // P
-        block = out[lo:hi]
-        np.dot(a[lo:hi], b, block)
-        if bias is not None:
-            for i in range(block.shape[0]):
-                block[i] += bias
+    """out = a @ b (+ bias); a and b C- or F-contiguous, out C-contiguous.
 
-
-@parallel_kernel
-def transpose(a, out):
-    """out = a.T for a C-contiguous (M, K) a, in cache-sized blocks."""
+    Each thread runs single-threaded BLAS on its share of the larger of a and b: rows of a or
+    columns of b, so each packs half of the big operand (10-15% faster than always splitting
+    rows), adding the bias while its block is in cache. Transposed operands go to BLAS as
+    they are (no copy)."""
     M, K = a.shape
-    for i0 in prange((M + 63) // 64):
-        for j0 in range(0, K, 64):
-            for i in range(i0 * 64, min(i0 * 64 + 64, M)):
-                for j in range(j0, min(j0 + 64, K)):
-                    out[j, i] = a[i, j]
+    J = b.shape[1]
+    if K == 0:  # no BLAS call: its checks of the leading dimensions of empty operands vary
+        for i in range(M):
+            out[i] = 0
+            if bias is not None:
+                out[i] = bias
+        return
+    by_rows = a.size >= b.size
+    P = max(1, min(threads, M if by_rows else J))
+    args = np.empty((P, 6), dtype=np.int32)  # per thread: m, n, k, lda, ldb, ldc
+    scalars = np.zeros(2, dtype=a.dtype)  # alpha, beta
+    scalars[0] = 1
+    flags = np.full(2, ord("N"), dtype=np.uint8)  # no transpose, transpose
+    flags[1] = ord("T")
+    for c in prange(P):
+        lo, hi = c * (M if by_rows else J) // P, (c + 1) * (M if by_rows else J) // P
+        pa = a.ctypes.data + (lo * a.strides[0] if by_rows else 0)
+        pb = b.ctypes.data + (0 if by_rows else lo * b.strides[1])
+        po = out.ctypes.data + (lo * out.strides[0] if by_rows else lo * out.itemsize)
+        m, n = (hi - lo, J) if by_rows else (M, hi - lo)
+        if m > 0 and n > 0:
+            # column-major BLAS sees out^T (n, m) = b^T (n, K) @ a^T (K, m)
+            tb, ldb = _blas_layout(b)
+            ta, lda = _blas_layout(a)
+            v = args[c]
+            v[0], v[1], v[2], v[3], v[4], v[5] = n, m, K, ldb, lda, out.strides[0] // out.itemsize
+            at, alpha, f = args.ctypes.data + c * 24, scalars.ctypes.data, flags.ctypes.data
+            if a.itemsize == 4:
+                _sgemm(f + tb, f + ta, at, at + 4, at + 8, alpha, pb, at + 12, pa, at + 16, alpha + 4, po, at + 20)
+            else:
+                _dgemm(f + tb, f + ta, at, at + 4, at + 8, alpha, pb, at + 12, pa, at + 16, alpha + 8, po, at + 20)
+            if bias is not None:
+                for i in range(lo if by_rows else 0, hi if by_rows else M):
+                    out[i, 0 if by_rows else lo : J if by_rows else hi] += bias[0 if by_rows else lo : J if by_rows else hi]
+
+
+@kernel(inline="always")
+def _blas_layout(x):
+    """(1 if BLAS reads x transposed else 0, leading dimension) for a C- or F-contiguous matrix
+    in the row-major call of ``gemm``."""
+    rows, cols = x.shape
+    if x.strides[1] == x.itemsize and (rows == 1 or x.strides[0] >= cols * x.itemsize):
+        return 0, max(1, x.strides[0] // x.itemsize if rows > 1 else cols)
+    return 1, max(1, x.strides[1] // x.itemsize if cols > 1 else rows)

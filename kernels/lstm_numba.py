@@ -1,5 +1,6 @@
-"""LSTM recurrence for the numba backend: one compiled call per sequence, one parallel region
-per step.
+"""LSTM recurrence for the numba backend: one compiled call per sequence; one parallel region
+per step when the threads split the hidden units, one for the whole sequence when they split
+the batch rows (a thread then never reads another's rows).
 
 Gates are i, f, g, o (cuDNN/PyTorch order), four H-wide blocks of each 4H row. The threads
 split a step either by hidden units (each packs the columns of Wh its units need and streams
@@ -37,14 +38,27 @@ def lstm_forward(xw, h0, c0, Wh, hs, cs, rows, units):
     panels, cols, first, C = unit_panels(Wh, H, 4, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)  # each unit group's gate columns, packed
     for g in prange(len(units) - 1):
-        pack_panels(Wh, cols, panels, first[g], first[g + 1])
-    for t in range(T):
-        h_prev = hs[t - 1] if t > 0 else h0
-        c_prev = cs[t - 1] if t > 0 else c0
-        for c in prange((len(rows) - 1) * (len(units) - 1)):
-            r0, r1, g = share(c, rows, units)
-            panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
-            _cell_forward(xw[t], rec, first[g] * C, c_prev, cs[t], hs[t], r0, r1, units[g], units[g + 1], H)
+        pack_panels(Wh, 0, H, cols, first[g], first[g + 1], panels, first[g])
+    shares = (len(rows) - 1) * (len(units) - 1)
+    if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
+        for c in prange(shares):
+            for t in range(T):
+                _forward_step(c, t, xw, h0, c0, hs, cs, panels, rec, first, rows, units)
+    else:
+        for t in range(T):
+            for c in prange(shares):
+                _forward_step(c, t, xw, h0, c0, hs, cs, panels, rec, first, rows, units)
+
+
+@kernel(inline="always")
+def _forward_step(c, t, xw, h0, c0, hs, cs, panels, rec, first, rows, units):
+    """Thread c's share of step t: its gate columns of h_{t-1} @ Wh, then the cell update."""
+    r0, r1, g = share(c, rows, units)
+    h_prev = hs[t - 1] if t > 0 else h0
+    c_prev = cs[t - 1] if t > 0 else c0
+    panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
+    _cell_forward(xw[t], rec, first[g] * panels.shape[2], c_prev, cs[t], hs[t], r0, r1, units[g], units[g + 1],
+                  hs.shape[2])
 
 
 @kernel
@@ -62,7 +76,7 @@ def _cell_forward(a, rec, at, c_prev, c, h, r0, r1, u0, u1, H):
                      c_prev[n, u0:u1], c[n, u0:u1], h[n, u0:u1])
 
 
-@kernel
+@kernel(inline="always")
 def _cell_update(i, f, g, o, c_prev, c, h):
     for j in range(i.size):
         c_new = f[j] * c_prev[j] + i[j] * g[j]
@@ -78,14 +92,27 @@ def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=gates.dtype)  # the gradient reaching h_t, packed
     for g in prange(len(units) - 1):
-        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
-    for t in range(T - 1, -1, -1):
-        c_prev = cs[t - 1] if t > 0 else c0
-        for c in prange((len(rows) - 1) * (len(units) - 1)):
-            r0, r1, u0, u1, at = gradient_reaching_h(gates, t, panels, dh_step, dh, first, rows, units, c)
-            _cell_backward(gates[t], dh_step, at, dhs[t], cs[t], c_prev, dc, r0, r1, u0, u1, H, one)
-    for c in prange((len(rows) - 1) * (len(units) - 1)):
-        gradient_at_start(gates, panels, dh_step, dh, first, rows, units, c)
+        pack_panels(Wh.T, 0, G, cols, first[g], first[g + 1], panels, first[g])
+    shares = (len(rows) - 1) * (len(units) - 1)
+    if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
+        for c in prange(shares):
+            for t in range(T - 1, -1, -1):
+                _backward_step(c, t, dhs, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units)
+            gradient_at_start(gates, panels, dh_step, dh, first, rows, units, c)
+    else:
+        for t in range(T - 1, -1, -1):
+            for c in prange(shares):
+                _backward_step(c, t, dhs, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units)
+        for c in prange(shares):
+            gradient_at_start(gates, panels, dh_step, dh, first, rows, units, c)
+
+
+@kernel(inline="always")
+def _backward_step(c, t, dhs, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units):
+    """Thread c's share of backward step t: the gradient reaching its units of h_t, then the gate gradients."""
+    c_prev = cs[t - 1] if t > 0 else c0
+    r0, r1, u0, u1, at = gradient_reaching_h(gates, t, panels, dh_step, dh, first, rows, units, c)
+    _cell_backward(gates[t], dh_step, at, dhs[t], cs[t], c_prev, dc, r0, r1, u0, u1, dhs.shape[2], one)
 
 
 @kernel
@@ -96,7 +123,7 @@ def _cell_backward(a, dh, at, up, c, c_prev, dc, r0, r1, u0, u1, H, one):
                         dh[n, at : at + u1 - u0], up[n, u0:u1], c[n, u0:u1], c_prev[n, u0:u1], dc[n, u0:u1], one)
 
 
-@kernel
+@kernel(inline="always")
 def _gates_backward(ai, af, ag, ao, dh, up, c, c_prev, dc, one):
     """The four gate gradients of one row's units, written over the activated gates."""
     for j in range(ai.size):

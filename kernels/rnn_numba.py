@@ -1,5 +1,6 @@
-"""tanh-RNN recurrence for the numba backend: one compiled call per sequence, one parallel
-region per step.
+"""tanh-RNN recurrence for the numba backend: one compiled call per sequence; one parallel
+region per step when the threads split the hidden units, one for the whole sequence when they
+split the batch rows (a thread then never reads another's rows).
 
 The threads split a step by hidden units or by batch rows (``share``; the split is chosen
 once by the caller: a parallel call made from inside a parallel region runs nested and costs
@@ -33,14 +34,25 @@ def rnn_forward(xw, h0, Wh, rows, units):
     panels, cols, first, C = unit_panels(Wh, H, 1, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)
     for g in prange(len(units) - 1):
-        pack_panels(Wh, cols, panels, first[g], first[g + 1])
-    for t in range(T):
-        h_prev = xw[t - 1] if t > 0 else h0
-        for c in prange((len(rows) - 1) * (len(units) - 1)):
-            r0, r1, g = share(c, rows, units)
-            panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
-            _tanh_step(xw[t], rec, first[g] * C, r0, r1, units[g], units[g + 1])
+        pack_panels(Wh, 0, H, cols, first[g], first[g + 1], panels, first[g])
+    shares = (len(rows) - 1) * (len(units) - 1)
+    if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
+        for c in prange(shares):
+            for t in range(T):
+                _forward_step(c, t, xw, h0, panels, rec, first, rows, units)
+    else:
+        for t in range(T):
+            for c in prange(shares):
+                _forward_step(c, t, xw, h0, panels, rec, first, rows, units)
     return xw
+
+
+@kernel(inline="always")
+def _forward_step(c, t, xw, h0, panels, rec, first, rows, units):
+    r0, r1, g = share(c, rows, units)
+    h_prev = xw[t - 1] if t > 0 else h0
+    panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
+    _tanh_step(xw[t], rec, first[g] * panels.shape[2], r0, r1, units[g], units[g + 1])
 
 
 @kernel
@@ -58,13 +70,25 @@ def rnn_backward(dhs, hs, Wh, dh, dxw, one, rows, units):
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=dhs.dtype)  # the gradient reaching h_t, packed
     for g in prange(len(units) - 1):
-        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
-    for t in range(T - 1, -1, -1):
-        for c in prange((len(rows) - 1) * (len(units) - 1)):
-            r0, r1, u0, u1, at = gradient_reaching_h(dxw, t, panels, dh_step, dh, first, rows, units, c)
-            _tanh_step_backward(dxw[t], dh_step, at, dhs[t], hs[t], r0, r1, u0, u1, one)
-    for c in prange((len(rows) - 1) * (len(units) - 1)):
-        gradient_at_start(dxw, panels, dh_step, dh, first, rows, units, c)
+        pack_panels(Wh.T, 0, H, cols, first[g], first[g + 1], panels, first[g])
+    shares = (len(rows) - 1) * (len(units) - 1)
+    if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
+        for c in prange(shares):
+            for t in range(T - 1, -1, -1):
+                _backward_step(c, t, dhs, hs, dh, dxw, one, panels, dh_step, first, rows, units)
+            gradient_at_start(dxw, panels, dh_step, dh, first, rows, units, c)
+    else:
+        for t in range(T - 1, -1, -1):
+            for c in prange(shares):
+                _backward_step(c, t, dhs, hs, dh, dxw, one, panels, dh_step, first, rows, units)
+        for c in prange(shares):
+            gradient_at_start(dxw, panels, dh_step, dh, first, rows, units, c)
+
+
+@kernel(inline="always")
+def _backward_step(c, t, dhs, hs, dh, dxw, one, panels, dh_step, first, rows, units):
+    r0, r1, u0, u1, at = gradient_reaching_h(dxw, t, panels, dh_step, dh, first, rows, units, c)
+    _tanh_step_backward(dxw[t], dh_step, at, dhs[t], hs[t], r0, r1, u0, u1, one)
 
 
 @kernel
@@ -73,7 +97,7 @@ def _tanh_step_backward(d, dh, at, up, h, r0, r1, u0, u1, one):
         _tanh_derivative(d[n, u0:u1], dh[n, at : at + u1 - u0], up[n, u0:u1], h[n, u0:u1], one)
 
 
-@kernel
+@kernel(inline="always")
 def _tanh_derivative(d, dh, up, h, one):
     for j in range(d.size):
         d[j] = (dh[j] + up[j]) * (one - h[j] * h[j])

@@ -192,3 +192,28 @@ def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
         numba.set_num_threads(before)
     for k, (e, g) in enumerate(zip(expected, got)):
         assert rel_err(e, g) <= 1e-12, f"output {k}: {rel_err(e, g):.2e}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_numba_gemm_shares_and_layouts(dtype, threads):
+    """The numba GEMM hands each thread the rows of a or the columns of b (whichever operand is
+    larger) and passes C- or F-ordered operands to BLAS as they are; every split, layout, empty
+    and one-wide shape gives a @ b (+ bias)."""
+    pytest.importorskip("numba")
+    pytest.importorskip("rnncore.backends.numba_backend")
+    gemm = rnncore._kernels.numba_module("common_numba").gemm
+    rng = np.random.default_rng(threads)
+    shapes = [(1, 1, 1), (0, 3, 4), (3, 0, 5), (4, 3, 0), (1, 50, 70), (60, 50, 1), (70, 33, 5), (5, 33, 70), (2, 9, 3)]
+    for M, K, J in shapes:
+        for a_order, b_order in [("C", "C"), ("F", "C"), ("C", "F"), ("F", "F")]:
+            a = np.asarray(rng.standard_normal((M, K)), dtype=dtype, order=a_order)
+            b = np.asarray(rng.standard_normal((K, J)), dtype=dtype, order=b_order)
+            bias = rng.standard_normal(J).astype(dtype)
+            for with_bias in (False, True):
+                out = np.full((M, J), np.nan, dtype=dtype)
+                gemm(a, b, out, threads, bias if with_bias else None)
+                expected = a.astype(np.float64) @ b + (bias if with_bias else 0)
+                where = f"{M}x{K}x{J} {a_order}{b_order} bias={with_bias}"
+                assert not np.isnan(out).any(), where
+                assert rel_err(expected, out) <= TOLERANCE[dtype], where

@@ -2,7 +2,7 @@
 
 Kernels live in ``kernels/*_numba.py``. Each recurrence is one compiled call per sequence
 with one parallel region per step; the large matrix products run SciPy's BLAS, one
-single-threaded call per thread on its share of the rows. SciPy's OpenBLAS is therefore
+single-threaded call per thread on its share of the rows or columns. SciPy's OpenBLAS is therefore
 set to one thread when this backend starts (NumPy's own BLAS is left alone): with two
 thread pools spinning on two cores, each step waits on the other pool's spinning threads.
 ``cache=True`` keeps the compiled code beside the kernels (or under NUMBA_CACHE_DIR), so
@@ -12,7 +12,7 @@ import numpy as np
 
 try:
     import numba  # noqa: F401
-    import scipy.linalg.cython_blas  # noqa: F401  (what np.dot calls inside @njit)
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS the kernels call)
 except ImportError as exc:
     raise ImportError(f"numba and scipy are needed ({exc})") from exc
 
@@ -60,29 +60,20 @@ class NumbaBackend(NumpyBackend):
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         target = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
-        _common.gemm(self._rows(a), self._operand(b), target, numba.get_num_threads())
+        _common.gemm(self._operand(a), self._operand(b), target, numba.get_num_threads())
         if target is not out:
             out[...] = target
         return out
 
     def linear(self, x, W, b, out=None):
         out = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype) if out is None else out
-        _common.gemm(self._rows(x), self._operand(W), out, numba.get_num_threads(), b)
+        _common.gemm(self._operand(x), self._operand(W), out, numba.get_num_threads(), b)
         return out
 
-    def _rows(self, a):
-        """a as a C-contiguous matrix: a transposed view is copied by the parallel transpose."""
-        if a.flags.c_contiguous:
-            return a
-        if a.T.flags.c_contiguous:
-            out = np.empty(a.shape, dtype=a.dtype)
-            _common.transpose(a.T, out)
-            return out
-        return np.ascontiguousarray(a)
-
     @staticmethod
-    def _operand(b):
-        return b if (b.flags.c_contiguous or b.flags.f_contiguous) else np.ascontiguousarray(b)
+    def _operand(a):
+        """a as BLAS takes it: C- or F-contiguous (a transposed view goes as it is)."""
+        return a if (a.flags.c_contiguous or a.flags.f_contiguous) else np.ascontiguousarray(a)
 
     # recurrences -----------------------------------------------------------------------
     @staticmethod
