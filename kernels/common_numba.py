@@ -1,4 +1,4 @@
-"""What the numba kernels share: vectorizable float32 math, the GEMM register tile, parallel GEMMs.
+"""What the numba kernels share: vectorizable float32 math, the register tile for the recurrent product, BLAS GEMMs.
 
 Threads: every parallel loop here is Numba's (``prange``). BLAS (SciPy's OpenBLAS, called
 directly) runs single-threaded inside those loops, so only one
@@ -102,7 +102,7 @@ def _exp_impl(x):
     return (lambda x: _exp32(x)) if x == types.float32 else (lambda x: np.exp(x))
 
 
-# the register tile: small and large GEMMs near the core's peak ----------------------------
+# the register tile: the recurrent product (20 rows) near the core's peak -----------------
 def _vector_bytes():
     """64 where Numba compiles for AVX-512, else 32 (AVX2; narrower targets split the vectors)."""
     import llvmlite.binding as llvm
@@ -123,33 +123,26 @@ def _byte_ptr(builder, base, offset):
     return builder.gep(builder.bitcast(base, ir.IntType(8).as_pointer()), [offset])
 
 
-ZEROS, ADD_TO_OUT, FROM_BIAS = 0, 1, 2  # what a tile's sums start from (``_tile``'s ``start``)
-
-
 @intrinsic
-def _tile(typingctx, A, panel, out, n0, rows, col, start, bias):
-    """out[n0 + i, col : col + C] = S + A[:, i] @ panel for i < rows <= TILE_ROWS: A (K, TILE_ROWS)
+def _tile(typingctx, A, panel, out, n0, rows, col):
+    """out[n0 + i, col : col + C] = A[:, i] @ panel for i < rows <= TILE_ROWS: A (K, TILE_ROWS)
     holds the tile's rows packed k-major (``pack_rows``), panel (K, C); both C order.
 
-    S is zero, the tile's own old values (``start`` ADD_TO_OUT: a product over several blocks
-    of K) or bias[col : col + C] in every row (FROM_BIAS). Written as LLVM IR because the loop
-    vectorizer will not build this kernel from Python loops: 2 * TILE_ROWS vector accumulators
-    held in registers across the whole k loop, each k loading two vectors of the panel and
-    broadcasting one element of each row of A (the compiled 4x4 dot tile gave 85 GFLOP/s a
-    core in float32). Packed A keeps the k loop to two pointers: read through its own strides,
-    A's ten row pointers became a chain of ten dependent adds per k that held the tile to
-    ~75% of the FMA peak. Only the first ``rows`` rows are stored.
+    Written as LLVM IR because the loop vectorizer will not build this kernel from Python
+    loops: 2 * TILE_ROWS vector accumulators held in registers across the whole k loop, each k
+    loading two vectors of the panel and broadcasting one element of each row of A (the
+    compiled 4x4 dot tile gave 85 GFLOP/s a core in float32). Packed A keeps the k loop to two
+    pointers: read through A's own strides, the ten row pointers became a chain of ten
+    dependent adds per k. Only the first ``rows`` rows are stored.
     """
     if not (isinstance(A, types.Array) and A.dtype in (types.float32, types.float64)
-            and A == types.Array(A.dtype, 2, "C") and panel == A and isinstance(out, types.Array) and out.dtype == A.dtype
-            and isinstance(bias, types.Array) and bias.ndim == 1 and bias.dtype == A.dtype):
+            and A == types.Array(A.dtype, 2, "C") and panel == A and isinstance(out, types.Array) and out.dtype == A.dtype):
         return None
-    sig = types.void(A, panel, out, n0, rows, col, start, bias)
+    sig = types.void(A, panel, out, n0, rows, col)
 
     def codegen(context, builder, signature, args):
-        a, w, o, b = (context.make_array(t)(context, builder, v)
-                      for t, v in zip(signature.args[:3] + signature.args[7:], args[:3] + args[7:]))
-        n0, rows, col, start = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:7], signature.args[3:7]))
+        a, w, o = (context.make_array(t)(context, builder, v) for t, v in zip(signature.args[:3], args[:3]))
+        n0, rows, col = (context.cast(builder, v, t, types.intp) for v, t in zip(args[3:], signature.args[3:]))
         intp = context.get_value_type(types.intp)
 
         def const(v):
@@ -168,21 +161,10 @@ def _tile(typingctx, A, panel, out, n0, rows, col, start, bias):
         K = cgutils.unpack_tuple(builder, a.shape, 2)[0]
         w_row = cgutils.unpack_tuple(builder, w.strides, 2)[0]
         o_row = cgutils.unpack_tuple(builder, o.strides, 2)[0]
-        b_step = cgutils.unpack_tuple(builder, b.strides, 1)[0]
         out_rows = [builder.add(builder.mul(builder.add(n0, const(i)), o_row), builder.mul(col, const(size)))
                     for i in range(TILE_ROWS)]
         halves = (0, VECTOR_BYTES)
         accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(2 * TILE_ROWS)]
-        with builder.if_then(builder.icmp_signed("==", start, const(FROM_BIAS))):
-            bias_at = builder.mul(col, b_step)
-            for i in range(TILE_ROWS):
-                for acc, off in zip(accs[2 * i : 2 * i + 2], halves):
-                    builder.store(builder.load(vector_at(b.data, builder.add(bias_at, const(off))), align=size), acc)
-        with builder.if_then(builder.icmp_signed("==", start, const(ADD_TO_OUT))):
-            for i in range(TILE_ROWS):
-                with builder.if_then(builder.icmp_signed("<", const(i), rows)):
-                    for acc, off in zip(accs[2 * i : 2 * i + 2], halves):
-                        builder.store(builder.load(vector_at(o.data, builder.add(out_rows[i], const(off))), align=size), acc)
         undef = ir.Constant(vty, ir.Undefined)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         with cgutils.for_range(builder, K) as loop:
@@ -209,31 +191,29 @@ def panel_width(a):
 
 
 @kernel
-def pack_panels(B, k0, k1, cols, p0, p1, panels, to):
-    """panels[to + p - p0, k - k0, i] = B[k, cols[p * C + i]] for p0 <= p < p1 and k0 <= k < k1,
-    zero where cols is -1.
+def pack_panels(B, cols, panels, p0, p1):
+    """panels[p, k, i] = B[k, cols[p * C + i]], zero where cols is -1, for p0 <= p < p1.
 
     Packing makes each panel one contiguous (K, C) block the tile streams through; the
     loop order follows B's layout so the reads are contiguous either way."""
-    C = panels.shape[2]
+    K, C = panels.shape[1], panels.shape[2]
     zero = like(panels, 0)
     for p in range(p0, p1):
-        panel = panels[to + p - p0]
         for i in range(C):
             if cols[p * C + i] < 0:
-                panel[: k1 - k0, i] = zero
+                panels[p, :, i] = zero
         if B.strides[0] >= B.strides[1]:
-            for k in range(k0, k1):
+            for k in range(K):
                 for i in range(C):
                     j = cols[p * C + i]
                     if j >= 0:
-                        panel[k - k0, i] = B[k, j]
+                        panels[p, k, i] = B[k, j]
         else:
             for i in range(C):
                 j = cols[p * C + i]
                 if j >= 0:
-                    for k in range(k0, k1):
-                        panel[k - k0, i] = B[k, j]
+                    for k in range(K):
+                        panels[p, k, i] = B[k, j]
 
 
 @kernel
@@ -250,7 +230,7 @@ def panel_product(A, panels, out, p0, p1, r0, r1, backwards=False):
         p = p1 - 1 - i if backwards else p0 + i
         for j in range(tiles):
             n0 = r0 + j * TILE_ROWS
-            _tile(packed[j], panels[p], out, n0, min(TILE_ROWS, r1 - n0), p * C, ZEROS, panels[p, 0])
+            _tile(packed[j], panels[p], out, n0, min(TILE_ROWS, r1 - n0), p * C)
 
 
 @kernel

@@ -38,7 +38,7 @@ def lstm_forward(xw, h0, c0, Wh, hs, cs, rows, units):
     panels, cols, first, C = unit_panels(Wh, H, 4, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)  # each unit group's gate columns, packed
     for g in prange(len(units) - 1):
-        pack_panels(Wh, 0, H, cols, first[g], first[g + 1], panels, first[g])
+        pack_panels(Wh, cols, panels, first[g], first[g + 1])
     shares = (len(rows) - 1) * (len(units) - 1)
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):
@@ -92,7 +92,7 @@ def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=gates.dtype)  # the gradient reaching h_t, packed
     for g in prange(len(units) - 1):
-        pack_panels(Wh.T, 0, G, cols, first[g], first[g + 1], panels, first[g])
+        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
     shares = (len(rows) - 1) * (len(units) - 1)
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):
