@@ -208,12 +208,13 @@ def pack_panels(B, cols, panels, p0, p1):
                     j = cols[p * C + i]
                     if j >= 0:
                         panels[p, k, i] = B[k, j]
-        else:
-            for i in range(C):
-                j = cols[p * C + i]
-                if j >= 0:
-                    for k in range(K):
-                        panels[p, k, i] = B[k, j]
+        else:  # B's columns are contiguous: a transpose, in blocks of 16 k that stay in L1
+            for k0 in range(0, K, 16):
+                for i in range(C):
+                    j = cols[p * C + i]
+                    if j >= 0:
+                        for k in range(k0, min(k0 + 16, K)):
+                            panels[p, k, i] = B[k, j]
 
 
 @kernel
