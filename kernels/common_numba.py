@@ -226,7 +226,7 @@ def panel_product(A, panels, out, p0, p1, r0, r1, backwards=False):
     tiles = (r1 - r0 + TILE_ROWS - 1) // TILE_ROWS
     packed = np.empty((tiles, K, TILE_ROWS), dtype=A.dtype)
     for j in range(tiles):
-        pack_rows(A, r0 + j * TILE_ROWS, min(TILE_ROWS, r1 - r0 - j * TILE_ROWS), 0, K, packed[j])
+        pack_rows(A, r0 + j * TILE_ROWS, min(TILE_ROWS, r1 - r0 - j * TILE_ROWS), packed[j])
     for i in range(p1 - p0):
         p = p1 - 1 - i if backwards else p0 + i
         for j in range(tiles):
@@ -235,18 +235,19 @@ def panel_product(A, panels, out, p0, p1, r0, r1, backwards=False):
 
 
 @kernel
-def pack_rows(A, n0, rows, k0, k1, packed):
-    """packed[k - k0, i] = A[n0 + i, k] for k0 <= k < k1 and i < rows, zero for rows <= i < TILE_ROWS:
-    one tile's rows of A, k-major, as ``_tile`` reads them. The loop order follows A's layout."""
+def pack_rows(A, n0, rows, packed):
+    """packed[k, i] = A[n0 + i, k] for i < rows, zero for rows <= i < TILE_ROWS: one tile's rows
+    of A, k-major, as ``_tile`` reads them. The loop order follows A's layout."""
+    K = packed.shape[0]
     if A.strides[1] <= A.strides[0]:
         for i in range(rows):
-            for k in range(k0, k1):
-                packed[k - k0, i] = A[n0 + i, k]
+            for k in range(K):
+                packed[k, i] = A[n0 + i, k]
     else:
-        for k in range(k0, k1):
+        for k in range(K):
             for i in range(rows):
-                packed[k - k0, i] = A[n0 + i, k]
-    packed[: k1 - k0, rows:] = like(packed, 0)
+                packed[k, i] = A[n0 + i, k]
+    packed[:, rows:] = like(packed, 0)
 
 
 @kernel
