@@ -376,41 +376,78 @@ def gemm(a, b, out, threads, bias=None):
     columns of b, so each packs half of the big operand (10-15% faster than always splitting
     rows), adding the bias while its block is in cache. Transposed operands go to BLAS as
     they are (no copy)."""
+    P = _shares(a, b, threads)
+    work = _blas_workspace(P, a.dtype)
+    for c in prange(P):
+        _gemm_share(a, b, out, c, P, work, c, bias)
+
+
+@parallel_kernel
+def gemm_pair(a1, b1, out1, a2, b2, out2, threads):
+    """out1 = a1 @ b1 and out2 = a2 @ b2 in one parallel region, half the threads on each.
+
+    For the two weight gradients of a recurrent layer (x^T dA and h^T dA): a whole product on
+    each of two threads took 6-9% less time than the two products one after the other, each
+    split in two (H = 650: 19.4 -> 18.3 ms; H = 100: 0.63 -> 0.575 ms), as BLAS runs nearer
+    its speed on a whole product than on half of one."""
+    P1, P2 = _shares(a1, b1, max(1, threads // 2)), _shares(a2, b2, max(1, threads - threads // 2))
+    work = _blas_workspace(P1 + P2, a1.dtype)
+    for c in prange(P1 + P2):
+        if c < P1:
+            _gemm_share(a1, b1, out1, c, P1, work, c, None)
+        else:
+            _gemm_share(a2, b2, out2, c - P1, P2, work, c, None)
+
+
+@kernel(inline="always")
+def _shares(a, b, threads):
+    """How many threads share out = a @ b: one per row of a or column of b at most."""
+    return max(1, min(threads, a.shape[0] if a.size >= b.size else b.shape[1]))
+
+
+@kernel(inline="always")
+def _blas_workspace(shares, dtype):
+    """BLAS takes every argument by address: per share the integers m, n, k, lda, ldb, ldc;
+    then alpha = 1, beta = 0 and the flags 'N' (as stored) and 'T' (transposed)."""
+    ints = np.empty((shares, 6), dtype=np.int32)
+    scalars = np.zeros(2, dtype=dtype)
+    scalars[0] = 1
+    flags = np.full(2, ord("N"), dtype=np.uint8)
+    flags[1] = ord("T")
+    return ints, scalars, flags
+
+
+@kernel(inline="always")
+def _gemm_share(a, b, out, c, P, work, slot, bias):
+    """Share c of P of out = a @ b (+ bias): rows of a, or columns of b, whichever operand is
+    larger; ``slot``: this share's row of the integer workspace."""
+    ints, scalars, flags = work
     M, K = a.shape
     J = b.shape[1]
-    if K == 0:  # no BLAS call: its checks of the leading dimensions of empty operands vary
-        for i in range(M):
-            out[i] = 0
-            if bias is not None:
-                out[i] = bias
-        return
     by_rows = a.size >= b.size
-    P = max(1, min(threads, M if by_rows else J))
-    args = np.empty((P, 6), dtype=np.int32)  # per thread: m, n, k, lda, ldb, ldc
-    scalars = np.zeros(2, dtype=a.dtype)  # alpha, beta
-    scalars[0] = 1
-    flags = np.full(2, ord("N"), dtype=np.uint8)  # no transpose, transpose
-    flags[1] = ord("T")
-    for c in prange(P):
-        lo, hi = c * (M if by_rows else J) // P, (c + 1) * (M if by_rows else J) // P
-        pa = a.ctypes.data + (lo * a.strides[0] if by_rows else 0)
-        pb = b.ctypes.data + (0 if by_rows else lo * b.strides[1])
-        po = out.ctypes.data + (lo * out.strides[0] if by_rows else lo * out.itemsize)
-        m, n = (hi - lo, J) if by_rows else (M, hi - lo)
-        if m > 0 and n > 0:
-            # column-major BLAS sees out^T (n, m) = b^T (n, K) @ a^T (K, m)
-            tb, ldb = _blas_layout(b)
-            ta, lda = _blas_layout(a)
-            v = args[c]
-            v[0], v[1], v[2], v[3], v[4], v[5] = n, m, K, ldb, lda, out.strides[0] // out.itemsize
-            at, alpha, f = args.ctypes.data + c * 24, scalars.ctypes.data, flags.ctypes.data
-            if a.itemsize == 4:
-                _sgemm(f + tb, f + ta, at, at + 4, at + 8, alpha, pb, at + 12, pa, at + 16, alpha + 4, po, at + 20)
-            else:
-                _dgemm(f + tb, f + ta, at, at + 4, at + 8, alpha, pb, at + 12, pa, at + 16, alpha + 8, po, at + 20)
-            if bias is not None:
-                for i in range(lo if by_rows else 0, hi if by_rows else M):
-                    out[i, 0 if by_rows else lo : J if by_rows else hi] += bias[0 if by_rows else lo : J if by_rows else hi]
+    lo, hi = c * (M if by_rows else J) // P, (c + 1) * (M if by_rows else J) // P
+    r0, r1, j0, j1 = (lo, hi, 0, J) if by_rows else (0, M, lo, hi)
+    if r1 <= r0 or j1 <= j0:
+        return
+    if K == 0:  # no BLAS call: its checks of the leading dimensions of empty operands vary
+        out[r0:r1, j0:j1] = 0
+    else:
+        # column-major BLAS sees out^T (n, m) = b^T (n, K) @ a^T (K, m)
+        pa = a.ctypes.data + r0 * a.strides[0]
+        pb = b.ctypes.data + j0 * b.strides[1]
+        po = out.ctypes.data + r0 * out.strides[0] + j0 * out.itemsize
+        tb, ldb = _blas_layout(b)
+        ta, lda = _blas_layout(a)
+        v = ints[slot]
+        v[0], v[1], v[2], v[3], v[4], v[5] = j1 - j0, r1 - r0, K, ldb, lda, out.strides[0] // out.itemsize
+        at, alpha, f = v.ctypes.data, scalars.ctypes.data, flags.ctypes.data
+        if a.itemsize == 4:
+            _sgemm(f + tb, f + ta, at, at + 4, at + 8, alpha, pb, at + 12, pa, at + 16, alpha + 4, po, at + 20)
+        else:
+            _dgemm(f + tb, f + ta, at, at + 4, at + 8, alpha, pb, at + 12, pa, at + 16, alpha + 8, po, at + 20)
+    if bias is not None:  # while the block is in cache
+        for i in range(r0, r1):
+            out[i, j0:j1] += bias[j0:j1]
 
 
 @kernel(inline="always")

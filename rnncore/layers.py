@@ -391,8 +391,7 @@ class _Recurrent(Layer):
         flat = dxw.reshape(T * N, G)
         h_prev = self.xp.concatenate([h_start[None], hs_seg[:-1]]).reshape(T * N, H)  # h_{t-1} for every t
         dWx, dWh, db = outs = [self.xp.empty_like(g) for g in self.grads] if accumulate else self.grads
-        self.backend.matmul(x_seg.reshape(T * N, D).T, flat, out=dWx)
-        self.backend.matmul(h_prev.T, flat, out=dWh)
+        self.backend.matmul_pair(x_seg.reshape(T * N, D).T, flat, dWx, h_prev.T, flat, dWh)
         self.backend.sum_rows(flat, db)
         if accumulate:
             for grad, part in zip(self.grads, outs):

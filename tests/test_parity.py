@@ -217,3 +217,24 @@ def test_numba_gemm_shares_and_layouts(dtype, threads):
                 where = f"{M}x{K}x{J} {a_order}{b_order} bias={with_bias}"
                 assert not np.isnan(out).any(), where
                 assert rel_err(expected, out) <= TOLERANCE[dtype], where
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("threads", [1, 2, 3, 4])
+def test_numba_gemm_pair(dtype, threads):
+    """Two products in one region, half the threads each, on shapes that differ from each other
+    (either may be empty or narrower than its threads); transposed views as the layer passes them."""
+    pytest.importorskip("numba")
+    pytest.importorskip("rnncore.backends.numba_backend")
+    gemm_pair = rnncore._kernels.numba_module("common_numba").gemm_pair
+    rng = np.random.default_rng(threads)
+    for (M1, K1, J1), (M2, K2, J2) in [((7, 40, 9), (3, 40, 9)), ((0, 5, 4), (6, 5, 4)), ((30, 20, 1), (1, 1, 1)),
+                                       ((5, 0, 3), (2, 6, 50))]:
+        a1 = rng.standard_normal((K1, M1)).astype(dtype).T  # F-ordered, as x^T
+        a2 = rng.standard_normal((M2, K2)).astype(dtype)
+        b1, b2 = rng.standard_normal((K1, J1)).astype(dtype), rng.standard_normal((K2, J2)).astype(dtype)
+        out1, out2 = np.full((M1, J1), np.nan, dtype=dtype), np.full((M2, J2), np.nan, dtype=dtype)
+        gemm_pair(a1, b1, out1, a2, b2, out2, threads)
+        for out, expected in ((out1, a1.astype(np.float64) @ b1), (out2, a2.astype(np.float64) @ b2)):
+            assert not np.isnan(out).any()
+            assert rel_err(expected, out) <= TOLERANCE[dtype]

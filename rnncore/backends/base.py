@@ -86,6 +86,11 @@ class Backend:
         """a @ b for 2-D arrays (transposed views welcome), into ``out`` if given."""
         return self.xp.matmul(a, b, out=out)
 
+    def matmul_pair(self, a1, b1, out1, a2, b2, out2):
+        """out1 = a1 @ b1 and out2 = a2 @ b2: two independent products a backend may run side by side."""
+        self.matmul(a1, b1, out=out1)
+        self.matmul(a2, b2, out=out2)
+
     def linear(self, x, W, b, out=None):
         """x @ W + b."""
         out = self.matmul(x, W, out)

@@ -65,6 +65,14 @@ class NumbaBackend(NumpyBackend):
             out[...] = target
         return out
 
+    def matmul_pair(self, a1, b1, out1, a2, b2, out2):
+        operands = (a1, b1, out1, a2, b2, out2)
+        if not all(x.ndim == 2 and x.dtype == a1.dtype for x in operands) or a1.dtype.kind != "f" or not (
+                out1.flags.c_contiguous and out2.flags.c_contiguous):
+            return super().matmul_pair(*operands)
+        _common.gemm_pair(self._operand(a1), self._operand(b1), out1, self._operand(a2), self._operand(b2), out2,
+                          numba.get_num_threads())
+
     def linear(self, x, W, b, out=None):
         out = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype) if out is None else out
         _common.gemm(self._operand(x), self._operand(W), out, numba.get_num_threads(), b)
