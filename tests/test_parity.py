@@ -1,4 +1,6 @@
 """Every backend computes what the NumPy reference computes, on random inputs and shapes."""
+import os
+
 import numpy as np
 import pytest
 from conftest import random_params, to_backend
@@ -148,6 +150,34 @@ def test_numba_runs_scipy_blas_single_threaded():
     info = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
     assert all(info[path] == 1 for path in libs)
     assert be is not None
+
+
+BLAS_CHECK = """
+import numpy as np, rnncore
+be = rnncore.get_backend("numba")
+a, b = np.random.default_rng(0).standard_normal((2, 70, 70)).astype(np.float32)
+assert np.allclose(be.matmul(a, b[:, :50]), a @ b[:, :50], rtol=1e-4, atol=1e-4)
+print(be.blas)
+"""
+
+
+@pytest.mark.parametrize("choice", ["auto", "scipy"])
+def test_numba_blas_choice(choice, tmp_path):
+    """MKL (sequential) where it is installed, SciPy's OpenBLAS otherwise or with RNNCORE_BLAS=scipy;
+    both give the product. In a fresh process: the choice is made once, at import."""
+    pytest.importorskip("rnncore.backends.numba_backend")
+    import ctypes.util
+    import glob
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNCORE_BLAS=choice, MKL_INTERFACE_LAYER="ILP64")  # LP64 is forced either way
+    out = subprocess.run([sys.executable, "-c", BLAS_CHECK], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    mkl_installed = sys.platform.startswith("linux") and (
+        glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")) or ctypes.util.find_library("mkl_rt"))
+    uses_mkl = "libmkl_rt" in out.stdout
+    assert uses_mkl == bool(choice == "auto" and mkl_installed), out.stdout
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])

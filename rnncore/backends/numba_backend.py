@@ -1,9 +1,10 @@
 """The Numba backend: NumPy arrays, every hot loop compiled, all threads Numba's own.
 
 Kernels live in ``kernels/*_numba.py``. Each recurrence is one compiled call per sequence
-with one parallel region per step; the large matrix products run SciPy's BLAS, one
-single-threaded call per thread on its share of the rows or columns. SciPy's OpenBLAS is therefore
-set to one thread when this backend starts (NumPy's own BLAS is left alone): with two
+with one parallel region per step; the large matrix products run BLAS (Intel MKL, sequential,
+where ``pip install mkl`` put it; else SciPy's OpenBLAS; RNNCORE_BLAS=scipy forces the latter),
+one single-threaded call per thread on its share of the rows or columns. SciPy's OpenBLAS is
+therefore set to one thread when this backend starts (NumPy's own BLAS is left alone): with two
 thread pools spinning on two cores, each step waits on the other pool's spinning threads.
 ``cache=True`` keeps the compiled code beside the kernels (or under NUMBA_CACHE_DIR), so
 only the first process compiles.
@@ -52,6 +53,7 @@ class NumbaBackend(NumpyBackend):
     def __init__(self):
         super().__init__()
         self.blas_libraries = single_threaded_scipy_blas()
+        self.blas = _common.BLAS_LIBRARY  # the library the GEMM kernels call
 
     # dense algebra ---------------------------------------------------------------------
     def matmul(self, a, b, out=None):
