@@ -110,10 +110,9 @@ def _exp_impl(x):
 # the register tile: the recurrent product (20 rows) near the core's peak -----------------
 def _vector_bytes():
     """64 where Numba compiles for AVX-512, else 32 (AVX2; narrower targets split the vectors)."""
-    import llvmlite.binding as llvm
     from numba.core import config
 
-    features = config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    features = config.CPU_FEATURES or llvm_binding.get_host_cpu_features().flatten()
     return 64 if "+avx512f" in features.split(",") else 32
 
 

@@ -152,6 +152,17 @@ def test_numba_runs_scipy_blas_single_threaded():
     assert be is not None
 
 
+def test_numba_matmul_into_another_dtype():
+    """An out of another dtype than the operands goes to NumPy's matmul, not to BLAS (which
+    would write float32 bits into a float64 buffer)."""
+    pytest.importorskip("rnncore.backends.numba_backend")
+    be = rnncore.get_backend("numba")
+    a, b = np.random.default_rng(0).standard_normal((2, 6, 6)).astype(np.float32)
+    out = np.empty((6, 6))
+    be.matmul(a, b, out=out)
+    assert rel_err(a.astype(np.float64) @ b, out) <= TOLERANCE[np.float32]
+
+
 BLAS_CHECK = """
 import numpy as np, rnncore
 be = rnncore.get_backend("numba")

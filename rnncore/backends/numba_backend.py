@@ -56,8 +56,15 @@ class NumbaBackend(NumpyBackend):
         self.blas = _common.BLAS_LIBRARY  # the library the GEMM kernels call
 
     # dense algebra ---------------------------------------------------------------------
+    @staticmethod
+    def _blas_product(a, b, out=None):
+        """Whether the GEMM kernels take out = a @ b: 2-D floats of one dtype (out too: BLAS
+        writes a's dtype into it)."""
+        return (a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f"
+                and (out is None or (out.ndim == 2 and out.dtype == a.dtype)))
+
     def matmul(self, a, b, out=None):
-        if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.kind != "f":
+        if not self._blas_product(a, b, out):
             return np.matmul(a, b, out=out)
         if out is None:
             out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
@@ -68,10 +75,9 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def matmul_pair(self, a1, b1, out1, a2, b2, out2):
-        operands = (a1, b1, out1, a2, b2, out2)
-        if not all(x.ndim == 2 and x.dtype == a1.dtype for x in operands) or a1.dtype.kind != "f" or not (
-                out1.flags.c_contiguous and out2.flags.c_contiguous):
-            return super().matmul_pair(*operands)
+        if not (self._blas_product(a1, b1, out1) and self._blas_product(a2, b2, out2) and a1.dtype == a2.dtype
+                and out1.flags.c_contiguous and out2.flags.c_contiguous):
+            return super().matmul_pair(a1, b1, out1, a2, b2, out2)
         _common.gemm_pair(self._operand(a1), self._operand(b1), out1, self._operand(a2), self._operand(b2), out2,
                           numba.get_num_threads())
 
