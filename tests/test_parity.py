@@ -172,23 +172,38 @@ print(be.blas)
 """
 
 
-@pytest.mark.parametrize("choice", ["auto", "scipy"])
+@pytest.mark.parametrize("choice", ["auto", "mkl", "scipy"])
 def test_numba_blas_choice(choice, tmp_path):
-    """MKL (sequential) where it is installed, SciPy's OpenBLAS otherwise or with RNNCORE_BLAS=scipy;
-    both give the product. In a fresh process: the choice is made once, at import."""
+    """RNNCORE_BLAS: MKL (sequential) where installed and chosen (auto: on Intel CPUs only),
+    SciPy's OpenBLAS otherwise; both give the product. In a fresh process: the choice is made
+    once, at import."""
     pytest.importorskip("rnncore.backends.numba_backend")
     import ctypes.util
     import glob
     import subprocess
     import sys
 
+    from rnncore.backends.numba_backend import _common
+
     env = dict(os.environ, RNNCORE_BLAS=choice, MKL_INTERFACE_LAYER="ILP64")  # LP64 is forced either way
     out = subprocess.run([sys.executable, "-c", BLAS_CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     mkl_installed = sys.platform.startswith("linux") and (
         glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")) or ctypes.util.find_library("mkl_rt"))
+    wanted = choice == "mkl" or (choice == "auto" and _common._intel_cpu())
     uses_mkl = "libmkl_rt" in out.stdout
-    assert uses_mkl == bool(choice == "auto" and mkl_installed), out.stdout
+    assert uses_mkl == bool(wanted and mkl_installed), out.stdout
+
+
+def test_numba_blas_choice_rejects_unknown(tmp_path):
+    pytest.importorskip("rnncore.backends.numba_backend")
+    import subprocess
+    import sys
+
+    env = dict(os.environ, RNNCORE_BLAS="openblas")
+    out = subprocess.run([sys.executable, "-c", "import rnncore; rnncore.get_backend('numba')"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0 and "RNNCORE_BLAS must be auto, mkl or scipy, got 'openblas'" in out.stderr
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
