@@ -1,8 +1,9 @@
 """What the numba kernels share: vectorizable float32 math, the register tile for the recurrent product, BLAS GEMMs.
 
 Threads: every parallel loop here is Numba's (``prange``). BLAS (Intel MKL where installed
-and the CPU is Intel's, else SciPy's OpenBLAS; called directly) runs single-threaded inside those loops, so only one
-thread pool is ever busy; two spinning pools on two cores slow each other by 10x or more.
+and the CPU is Intel's, else SciPy's OpenBLAS; called directly) runs single-threaded inside
+those loops, so only one thread pool is ever busy; two spinning pools on two cores slow each
+other by 10x or more.
 
 Math: libm's tanhf/expf are scalar calls that stop LLVM from vectorizing a loop. For
 float32 the kernels use branch-free versions that vectorize and are as accurate as
@@ -171,7 +172,8 @@ def _tile(typingctx, A, panel, out, n0, rows, col):
         out_rows = [builder.add(builder.mul(builder.add(n0, const(i)), o_row), builder.mul(col, const(size)))
                     for i in range(TILE_ROWS)]
         offsets = tuple(v * VECTOR_BYTES for v in range(PANEL_VECTORS))
-        accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(PANEL_VECTORS * TILE_ROWS)]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(vty, None))
+                for _ in range(PANEL_VECTORS * TILE_ROWS)]
         undef = ir.Constant(vty, ir.Undefined)
         splat = ir.Constant(ir.VectorType(ir.IntType(32), width), [0] * width)
         with cgutils.for_range(builder, K) as loop:
@@ -211,7 +213,8 @@ def pack_panels(B, cols, panels, p0, p1):
                 panels[p, :, i] = zero
         j0 = cols[p * C]
         if B.strides[0] >= B.strides[1] and j0 >= 0 and cols[p * C + C - 1] == j0 + C - 1:
-            for k in range(K):  # the panel's columns are one run (cols only increase): a copy that vectorizes
+            # the panel's columns are one run (cols only increase): a copy that vectorizes
+            for k in range(K):
                 for i in range(C):
                     panels[p, k, i] = B[k, j0 + i]
         elif B.strides[0] >= B.strides[1]:
