@@ -207,17 +207,18 @@ def pack_panels(B, cols, panels, p0, p1):
     loop order follows B's layout so the reads are contiguous either way."""
     K, C = panels.shape[1], panels.shape[2]
     zero = like(panels, 0)
+    row_major = B.strides[0] >= B.strides[1]
     for p in range(p0, p1):
         for i in range(C):
             if cols[p * C + i] < 0:
                 panels[p, :, i] = zero
         j0 = cols[p * C]
-        if B.strides[0] >= B.strides[1] and j0 >= 0 and cols[p * C + C - 1] == j0 + C - 1:
-            # the panel's columns are one run (cols only increase): a copy that vectorizes
+        one_run = j0 >= 0 and cols[p * C + C - 1] == j0 + C - 1  # cols only increase within a panel
+        if row_major and one_run:  # a plain copy, which vectorizes
             for k in range(K):
                 for i in range(C):
                     panels[p, k, i] = B[k, j0 + i]
-        elif B.strides[0] >= B.strides[1]:
+        elif row_major:
             for k in range(K):
                 for i in range(C):
                     j = cols[p * C + i]

@@ -173,7 +173,7 @@ print(be.blas)
 
 
 @pytest.mark.parametrize("choice", ["auto", "mkl", "scipy"])
-def test_numba_blas_choice(choice, tmp_path):
+def test_numba_blas_choice(choice):
     """RNNCORE_BLAS: MKL (sequential) where installed and chosen (auto: on Intel CPUs only),
     SciPy's OpenBLAS otherwise; both give the product. In a fresh process: the choice is made
     once, at import."""
@@ -195,7 +195,7 @@ def test_numba_blas_choice(choice, tmp_path):
     assert uses_mkl == bool(wanted and mkl_installed), out.stdout
 
 
-def test_numba_blas_choice_rejects_unknown(tmp_path):
+def test_numba_blas_choice_rejects_unknown():
     pytest.importorskip("rnncore.backends.numba_backend")
     import subprocess
     import sys
