@@ -15,9 +15,8 @@ try:  # PyTorch first: its OpenMP runtime must start before Numba's (see conftes
     import torch
 except ImportError:
     torch = None
-import numpy as np
-
 import rnncore
+from steps import layer_step, torch_layer_step
 
 METHODS = ("linear", "matmul", "matmul_pair", "sum_rows", "lstm_forward", "lstm_backward", "rnn_forward",
            "rnn_backward")
@@ -52,41 +51,31 @@ def main():
     parser.add_argument("--passes", type=int, default=20)
     a = parser.parse_args()
     be = rnncore.get_backend(a.backend)
-    N, T, H = a.batch, a.steps, a.hidden
-    G = 4 * H if a.cell == "lstm" else H
-    rng = np.random.default_rng(0)
-    params = [be.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in ((H, G), (H, G), (G,))]
-    layer = (rnncore.TimeLSTM if a.cell == "lstm" else rnncore.TimeRNN)(*params, backend=be)
-    xs, dhs = (be.asarray(rng.standard_normal((N, T, H)).astype(np.float32)) for _ in range(2))
-    times, totals = collections.defaultdict(list), []
+    shape = (a.batch, a.steps, a.hidden)
+    step = layer_step(be, a.cell, shape)
+    times = collections.defaultdict(list)
     timed(be, times)
-    for i in range(a.passes + 3):
-        if i == 3:  # warm-ups dropped
-            times.clear()
-            totals.clear()
-        start = time.perf_counter()
-        layer.forward(xs)
-        layer.backward(dhs)
-        be.synchronize()
-        totals.append(time.perf_counter() - start)
-    print(f"{a.backend} {a.cell} N={N} T={T} H={H}: total {median_ms(totals):.2f} ms")
+    total = median_ms_of(lambda: (step(), be.synchronize()), a.passes, after_warmup=times.clear)
+    print(f"{a.backend} {a.cell} N={a.batch} T={a.steps} H={a.hidden}: total {total:.2f} ms")
     for name, samples in times.items():
-        per_pass = len(samples) // len(totals)
+        per_pass = len(samples) // a.passes
         print(f"  {name:<14}" + " ".join(f"{median_ms(samples[j::per_pass]):.2f}" for j in range(per_pass)))
     if torch is not None:
-        print(f"torch cpu, {torch.get_num_threads()} threads: {torch_ms(a, N, T, H):.2f} ms")
+        peer = median_ms_of(torch_layer_step(torch, "cpu", a.cell, shape), a.passes)
+        print(f"torch cpu, {torch.get_num_threads()} threads: {peer:.2f} ms")
 
 
-def torch_ms(a, N, T, H):
-    net = (torch.nn.LSTM if a.cell == "lstm" else torch.nn.RNN)(H, H, batch_first=True)
-    x, dout = torch.randn(N, T, H, requires_grad=True), torch.randn(N, T, H)
+def median_ms_of(step, passes, warmups=3, after_warmup=lambda: None):
+    """Median milliseconds of ``passes`` calls of step, after warm-ups (then ``after_warmup()``)."""
+    for _ in range(warmups):
+        step()
+    after_warmup()
     samples = []
-    for _ in range(a.passes + 3):
+    for _ in range(passes):
         start = time.perf_counter()
-        out, _ = net(x)
-        out.backward(dout)
+        step()
         samples.append(time.perf_counter() - start)
-    return median_ms(samples[3:])
+    return median_ms(samples)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,6 @@ the backends and the peer of one shape together; peak memory of one call is stor
 ``extra_info["peak_bytes"]`` (host memory via tracemalloc, or the CuPy pool, or PyTorch's
 CUDA allocator; not measurable for PyTorch on the CPU).
 """
-import importlib.util
-import os
-
 import pytest
 
 try:  # PyTorch first: its OpenMP runtime must start before Numba's, or PyTorch runs 5x slower
@@ -19,16 +16,13 @@ except ImportError:
     pass
 
 import rnncore  # noqa: E402
+from steps import configure_torch, set_numba_threads  # noqa: E402
 
-THREADS = int(os.environ.get("RNNCORE_BENCH_THREADS", os.cpu_count()))
 BACKENDS = [name for name in ("numpy", "numba", "cupy") if name in rnncore.available_backends()]
 
 
 def pytest_configure(config):
-    if importlib.util.find_spec("numba") is not None:
-        import numba
-
-        numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+    set_numba_threads()
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,12 +34,7 @@ def backend(request):
 def torch_device():
     """PyTorch on the GPU if it has one (cuDNN, strict float32), else on THREADS CPU threads."""
     torch = pytest.importorskip("torch")
-    torch.set_num_threads(THREADS)
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        return torch, "cuda"
-    return torch, "cpu"
+    return torch, configure_torch(torch)
 
 
 def run_synced(benchmark, fn, sync, rounds=15):

@@ -17,26 +17,36 @@ def sigmoid(x):
     return np.reciprocal(s, out=s)
 
 
+def rows_times(x, WT):
+    """x @ W for the few rows of x (one batch), given WT = W.T C-contiguous; a transposed view.
+
+    Computed as (WT @ x.T).T so that W's many columns are the product's rows: NumPy's OpenBLAS
+    shares a product's rows among its threads, and the 20-row form x @ W ran 25-30% slower (2
+    threads, N = 20: 1.14 against 0.81-0.95 ms at H = 650, 4H gates; 38 against 23 us at H = 100)."""
+    return np.matmul(WT, x.T).T
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
     def rnn_forward(self, xw, h0, Wh):
         h = h0
+        WhT = np.ascontiguousarray(Wh.T)
         for t in range(xw.shape[0]):
-            xw[t] += h @ Wh
+            xw[t] += rows_times(h, WhT)
             h = np.tanh(xw[t], out=xw[t])
         return xw
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         dxw = np.empty_like(dhs)
         dh = self.initial_grad(dh_T, h0)
-        WhT = np.ascontiguousarray(Wh.T)  # BLAS runs a 20-row product with a transposed operand 30% slower
+        Wh = np.ascontiguousarray(Wh)
         for t in reversed(range(dhs.shape[0])):
             dh = dh + dhs[t]
             np.multiply(dh, 1 - hs[t] * hs[t], out=dxw[t])
-            dh = dxw[t] @ WhT
-        return dxw, dh
+            dh = rows_times(dxw[t], Wh)  # dxw[t] @ Wh.T
+        return dxw, np.ascontiguousarray(dh)
 
     def lstm_forward(self, xw, h0, c0, Wh):
         T, N, G = xw.shape
@@ -44,9 +54,10 @@ class NumpyBackend(Backend):
         hs = np.empty((T, N, H), dtype=xw.dtype)
         cs = np.empty_like(hs)
         h, c = h0, c0
+        WhT = np.ascontiguousarray(Wh.T)
         for t in range(T):
             a = xw[t]
-            a += h @ Wh
+            a += rows_times(h, WhT)
             # Out of place on purpose: NumPy 2.4's in-place unary ufuncs on strided float32
             # views can read the wrong elements (np.negative(v, out=v) with v = a[:, 3:]).
             a[:, : 2 * H] = sigmoid(a[:, : 2 * H])  # i, f
@@ -60,7 +71,7 @@ class NumpyBackend(Backend):
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
         dh = self.initial_grad(dh_T, h0)
         dc = self.initial_grad(dc_T, c0)
-        WhT = np.ascontiguousarray(Wh.T)  # BLAS runs a 20-row product with a transposed operand 30% slower
+        Wh = np.ascontiguousarray(Wh)
         for t in reversed(range(dhs.shape[0])):
             a = gates[t]
             i, f, g, o = (x.copy() for x in np.split(a, 4, axis=1))
@@ -74,8 +85,8 @@ class NumpyBackend(Backend):
             dg[...] = dc * i * (1 - g * g)
             do[...] = dh * tanh_c * o * (1 - o)
             dc = dc * f
-            dh = a @ WhT
-        return dh, dc
+            dh = rows_times(a, Wh)  # a @ Wh.T
+        return np.ascontiguousarray(dh), dc
 
     def embedding_scatter_add(self, dW, ids, dout):
         np.add.at(dW, ids, dout)

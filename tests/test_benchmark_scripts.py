@@ -1,0 +1,34 @@
+"""benchmarks/paired.py, run as a user runs it: its rows, and its errors for bad arguments."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PAIRED = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+
+
+def run_paired(*args):
+    return subprocess.run([sys.executable, str(PAIRED), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_paired_rejects_unknown_comparison_and_too_few_pairs():
+    pytest.importorskip("torch")
+    bad = run_paired("--only", "lstm-650,gru-7")
+    assert bad.returncode == 2 and "unknown comparison ['gru-7']" in bad.stderr
+    few = run_paired("--pairs", "1")
+    assert few.returncode == 2 and "--pairs must be >= 2" in few.stderr
+
+
+def test_paired_rows(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "paired.json"
+    done = run_paired("--only", "lstm-100", "--backend", "numpy", "--pairs", "3", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert (row["comparison"], row["backend"], row["pairs"]) == ("lstm-100", "numpy", 3)
+    assert row["ms"] > 0 and row["torch_ms"] > 0
+    assert row["quartiles"][0] <= row["ratio"] <= row["quartiles"][1]
+    assert row["target"] is None and row["met"] is None  # the numpy backend has no target at 100
+    assert "lstm-100  numpy" in done.stdout
