@@ -96,6 +96,12 @@ def main(argv=None):
     unknown = [n for n in names if n not in COMPARISONS]
     if unknown or a.pairs < 2:
         p.error(f"unknown comparison {unknown}; choose from {list(COMPARISONS)}" if unknown else "--pairs must be >= 2")
+    backends = a.backend.split(",") if a.backend else None
+    for name in backends or []:
+        try:
+            rnncore.get_backend(name)
+        except (ValueError, rnncore.BackendNotAvailable) as exc:
+            p.error(str(exc))
     set_numba_threads()
     configure_torch(torch)
     print(f"{THREADS} threads; ratio = rnncore / PyTorch, median of {a.pairs} pairs, and its quartiles")
@@ -103,7 +109,7 @@ def main(argv=None):
     rows = []
     for name in names:
         kind, args, targets = COMPARISONS[name]
-        for backend_name in a.backend.split(",") if a.backend else targets:
+        for backend_name in backends or targets:
             backend = rnncore.get_backend(backend_name)
             ours, peer = build(kind, args, backend)
             target = targets.get(backend_name) if backend.name != "cupy" else None

@@ -13,12 +13,15 @@ def run_paired(*args):
     return subprocess.run([sys.executable, str(PAIRED), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_paired_rejects_unknown_comparison_and_too_few_pairs():
+@pytest.mark.parametrize("args, message", [
+    (("--only", "lstm-650,gru-7"), "unknown comparison ['gru-7']"),
+    (("--pairs", "1"), "--pairs must be >= 2"),
+    (("--backend", "numpy,bogus"), "unknown backend 'bogus'"),
+])
+def test_paired_rejects_bad_arguments(args, message):
     pytest.importorskip("torch")
-    bad = run_paired("--only", "lstm-650,gru-7")
-    assert bad.returncode == 2 and "unknown comparison ['gru-7']" in bad.stderr
-    few = run_paired("--pairs", "1")
-    assert few.returncode == 2 and "--pairs must be >= 2" in few.stderr
+    bad = run_paired(*args)
+    assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_paired_rows(tmp_path):
