@@ -16,7 +16,7 @@ try:  # PyTorch first: its OpenMP runtime must start before Numba's (see conftes
 except ImportError:
     torch = None
 import rnncore
-from steps import layer_step, torch_layer_step
+from steps import configure_torch, layer_step, set_numba_threads, torch_layer_step
 
 METHODS = ("linear", "matmul", "matmul_pair", "sum_rows", "lstm_forward", "lstm_backward", "rnn_forward",
            "rnn_backward")
@@ -50,6 +50,9 @@ def main():
     parser.add_argument("--steps", type=int, default=35)
     parser.add_argument("--passes", type=int, default=20)
     a = parser.parse_args()
+    set_numba_threads()  # the thread counts of the suites and paired.py
+    if torch is not None:
+        configure_torch(torch)
     be = rnncore.get_backend(a.backend)
     shape = (a.batch, a.steps, a.hidden)
     step = layer_step(be, a.cell, shape)

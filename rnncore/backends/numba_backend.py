@@ -3,8 +3,7 @@
 Kernels live in ``kernels/*_numba.py``. Each recurrence is one compiled call per sequence
 with one parallel region per step; the large matrix products run BLAS (Intel MKL, sequential,
 on Intel CPUs where ``pip install mkl`` put it; else SciPy's OpenBLAS; RNNCORE_BLAS=mkl|scipy
-chooses),
-one single-threaded call per thread on its share of the rows or columns. SciPy's OpenBLAS is
+chooses), one single-threaded call per thread on its share of the rows or columns. SciPy's OpenBLAS is
 therefore set to one thread when this backend starts (NumPy's own BLAS is left alone): with two
 thread pools spinning on two cores, each step waits on the other pool's spinning threads.
 ``cache=True`` keeps the compiled code beside the kernels (or under NUMBA_CACHE_DIR), so
