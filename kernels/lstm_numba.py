@@ -37,8 +37,8 @@ def lstm_forward(xw, h0, c0, Wh, hs, cs, rows, units):
     H = G // 4
     panels, cols, first, C = unit_panels(Wh, H, 4, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)  # each unit group's gate columns, packed
-    for g in prange(len(units) - 1):
-        pack_panels(Wh, cols, panels, first[g], first[g + 1])
+    for p in prange(first[-1]):  # panel by panel: all threads pack, however they split the steps
+        pack_panels(Wh, cols, panels, p, p + 1)
     shares = (len(rows) - 1) * (len(units) - 1)
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):
@@ -54,11 +54,11 @@ def lstm_forward(xw, h0, c0, Wh, hs, cs, rows, units):
 def _forward_step(c, t, xw, h0, c0, hs, cs, panels, rec, first, rows, units):
     """Thread c's share of step t: its gate columns of h_{t-1} @ Wh, then the cell update."""
     r0, r1, g = share(c, rows, units)
+    u0, u1 = units[g], units[g + 1]
     h_prev = hs[t - 1] if t > 0 else h0
     c_prev = cs[t - 1] if t > 0 else c0
-    panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
-    _cell_forward(xw[t], rec, first[g] * panels.shape[2], c_prev, cs[t], hs[t], r0, r1, units[g], units[g + 1],
-                  hs.shape[2])
+    panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, 4 * (u1 - u0), t % 2 == 1)
+    _cell_forward(xw[t], rec, first[g] * panels.shape[2], c_prev, cs[t], hs[t], r0, r1, u0, u1, hs.shape[2])
 
 
 @kernel
@@ -91,8 +91,8 @@ def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
     H = G // 4
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=gates.dtype)  # the gradient reaching h_t, packed
-    for g in prange(len(units) - 1):
-        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
+    for p in prange(first[-1]):  # panel by panel: all threads pack, however they split the steps
+        pack_panels(Wh.T, cols, panels, p, p + 1)
     shares = (len(rows) - 1) * (len(units) - 1)
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):

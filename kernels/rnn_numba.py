@@ -33,8 +33,8 @@ def rnn_forward(xw, h0, Wh, rows, units):
     T, N, H = xw.shape
     panels, cols, first, C = unit_panels(Wh, H, 1, units)
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)
-    for g in prange(len(units) - 1):
-        pack_panels(Wh, cols, panels, first[g], first[g + 1])
+    for p in prange(first[-1]):  # panel by panel: all threads pack, however they split the steps
+        pack_panels(Wh, cols, panels, p, p + 1)
     shares = (len(rows) - 1) * (len(units) - 1)
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):
@@ -51,7 +51,7 @@ def rnn_forward(xw, h0, Wh, rows, units):
 def _forward_step(c, t, xw, h0, panels, rec, first, rows, units):
     r0, r1, g = share(c, rows, units)
     h_prev = xw[t - 1] if t > 0 else h0
-    panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, t % 2 == 1)
+    panel_product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, units[g + 1] - units[g], t % 2 == 1)
     _tanh_step(xw[t], rec, first[g] * panels.shape[2], r0, r1, units[g], units[g + 1])
 
 
@@ -69,8 +69,8 @@ def rnn_backward(dhs, hs, Wh, dh, dxw, one, rows, units):
     T, N, H = dhs.shape
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=dhs.dtype)  # the gradient reaching h_t, packed
-    for g in prange(len(units) - 1):
-        pack_panels(Wh.T, cols, panels, first[g], first[g + 1])
+    for p in prange(first[-1]):  # panel by panel: all threads pack, however they split the steps
+        pack_panels(Wh.T, cols, panels, p, p + 1)
     shares = (len(rows) - 1) * (len(units) - 1)
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):

@@ -3,7 +3,7 @@ cross-entropy in one pass per row, dropout masks, gradient norm and SGD, all par
 import numpy as np
 from numba import prange
 
-from .common_numba import exp_, kernel, like, line_chunks, parallel_kernel
+from .common_numba import add_into, exp_, kernel, like, line_chunks, parallel_kernel
 
 
 @parallel_kernel
@@ -13,7 +13,7 @@ def embedding_scatter_add(dW, ids, dout, threads):
     for c in prange(len(bounds) - 1):
         d0, d1 = bounds[c], bounds[c + 1]
         for m in range(ids.shape[0]):
-            _add_into(dW[ids[m], d0:d1], dout[m, d0:d1])
+            add_into(dW[ids[m], d0:d1], dout[m, d0:d1])
 
 
 @parallel_kernel
@@ -80,13 +80,7 @@ def sum_rows(a, out, threads):
         acc = out[k0:k1]
         acc[:] = a[0, k0:k1]
         for m in range(1, M):
-            _add_into(acc, a[m, k0:k1])
-
-
-@kernel
-def _add_into(acc, x):
-    for k in range(acc.size):  # 1-D slices: LLVM vectorizes
-        acc[k] += x[k]
+            add_into(acc, a[m, k0:k1])
 
 
 @parallel_kernel

@@ -226,10 +226,12 @@ def test_fused_steps_on_row_and_unit_edges(kind, N, H):
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
 @pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("N, H", [(1, 70), (13, 3), (37, 45)])
+@pytest.mark.parametrize("N, H", [(1, 70), (5, 26), (13, 3), (37, 45)])
 def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
     """Threads share a step by batch rows (Wh fits in L2) or by hidden units; both, with tiles
-    of 10 rows and panels of 16-32 columns cut at odd places, compute what NumPy does."""
+    of up to 4 or 10 rows (a share of 5 rows goes as 2 + 3, of 13 as 3 + 3 + 3 + 4) and panels
+    of 16-32 columns whose last is cut at odd places (one, two or three vectors wide), compute
+    what NumPy does."""
     numba = pytest.importorskip("numba")
     nb = pytest.importorskip("rnncore.backends.numba_backend")
     monkeypatch.setattr(nb, "WEIGHTS_KEPT_IN_L2", 1 << 40 if split == "rows" else 0)
