@@ -16,6 +16,8 @@ def run_paired(*args):
 @pytest.mark.parametrize("args, message", [
     (("--only", "lstm-650,gru-7"), "unknown comparison ['gru-7']"),
     (("--pairs", "1"), "--pairs must be >= 2"),
+    (("--pause", "-0.5"), "--pause must be >= 0 seconds"),
+    (("--pause", "nan"), "--pause must be >= 0 seconds"),
     (("--backend", "numpy,bogus"), "unknown backend 'bogus'"),
 ])
 def test_paired_rejects_bad_arguments(args, message):
@@ -27,9 +29,12 @@ def test_paired_rejects_bad_arguments(args, message):
 def test_paired_rows(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "paired.json"
-    done = run_paired("--only", "lstm-100", "--backend", "numpy", "--pairs", "3", "--json", str(out))
+    done = run_paired("--only", "lstm-100", "--backend", "numpy", "--pairs", "3", "--pause", "0.001",
+                      "--json", str(out))
     assert done.returncode == 0, done.stderr
-    (row,) = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert report["pause"] == 0.001
+    (row,) = report["rows"]
     assert (row["comparison"], row["backend"], row["pairs"]) == ("lstm-100", "numpy", 3)
     assert row["ms"] > 0 and row["torch_ms"] > 0
     assert row["quartiles"][0] <= row["ratio"] <= row["quartiles"][1]
