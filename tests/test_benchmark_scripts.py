@@ -1,4 +1,4 @@
-"""benchmarks/paired.py, run as a user runs it: its rows, and its errors for bad arguments."""
+"""benchmarks/paired.py and ab_kernels.py, run as a user runs them: rows, and errors for bad arguments."""
 import json
 import subprocess
 import sys
@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-PAIRED = Path(__file__).resolve().parents[1] / "benchmarks" / "paired.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def run_paired(*args):
-    return subprocess.run([sys.executable, str(PAIRED), *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, str(BENCHMARKS / "paired.py"), *args], capture_output=True, text=True,
+                          timeout=300)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -40,3 +41,14 @@ def test_paired_rows(tmp_path):
     assert row["quartiles"][0] <= row["ratio"] <= row["quartiles"][1]
     assert row["target"] is None and row["met"] is None  # the numpy backend has no target at 100
     assert "lstm-100  numpy" in done.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--old", "no-such-commit-here"), "--old 'no-such-commit-here' is not a commit of"),
+    (("--old", "HEAD", "--turns", "0"), "--hidden, --batch, --steps and --turns must be >= 1"),
+])
+def test_ab_kernels_rejects_bad_arguments(args, message):
+    pytest.importorskip("numba")
+    bad = subprocess.run([sys.executable, str(BENCHMARKS / "ab_kernels.py"), *args], capture_output=True, text=True,
+                         timeout=300)
+    assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
