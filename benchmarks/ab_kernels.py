@@ -18,12 +18,11 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import rnncore
 from rnncore.backends import numba_backend
-from steps import layer_step, set_numba_threads
+from steps import layer_step, median_ms_of, set_numba_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = ("_common", "_rnn", "_lstm", "_training")  # the backend's globals, in this order
@@ -56,15 +55,6 @@ def use(modules):
         setattr(numba_backend, name, module)
 
 
-def median_ms(step, steps):
-    samples = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1e3
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", required=True, help="the commit whose kernels/ to compare against")
@@ -86,12 +76,12 @@ def main(argv=None):
     step = layer_step(be, a.cell, (a.batch, 35, a.hidden))
     for version in (old, new):  # compile and warm both
         use(version)
-        median_ms(step, 3)
+        median_ms_of(step, 3, warmups=0)
     times = {"old": [], "new": []}
     for _ in range(a.turns):
         for name, version in (("old", old), ("new", new)):
             use(version)
-            times[name].append(median_ms(step, a.steps))
+            times[name].append(median_ms_of(step, a.steps, warmups=0))
     use(new)
     ratio = statistics.median(n / o for n, o in zip(times["new"], times["old"]))
     print(f"{a.cell} N={a.batch} T=35 H={a.hidden}: old {statistics.median(times['old']):.3f} ms, "

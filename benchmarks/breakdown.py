@@ -16,7 +16,7 @@ try:  # PyTorch first: its OpenMP runtime must start before Numba's (see conftes
 except ImportError:
     torch = None
 import rnncore
-from steps import configure_torch, layer_step, set_numba_threads, torch_layer_step
+from steps import configure_torch, layer_step, median_ms_of, set_numba_threads, torch_layer_step
 
 METHODS = ("linear", "matmul", "matmul_pair", "sum_rows", "lstm_forward", "lstm_backward", "rnn_forward",
            "rnn_backward")
@@ -66,19 +66,6 @@ def main():
     if torch is not None:
         peer = median_ms_of(torch_layer_step(torch, "cpu", a.cell, shape), a.passes)
         print(f"torch cpu, {torch.get_num_threads()} threads: {peer:.2f} ms")
-
-
-def median_ms_of(step, passes, warmups=3, after_warmup=lambda: None):
-    """Median milliseconds of ``passes`` calls of step, after warm-ups (then ``after_warmup()``)."""
-    for _ in range(warmups):
-        step()
-    after_warmup()
-    samples = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        step()
-        samples.append(time.perf_counter() - start)
-    return median_ms(samples)
 
 
 if __name__ == "__main__":

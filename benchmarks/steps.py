@@ -5,6 +5,8 @@ a layer's forward+backward, or one whole PTB training iteration, in rnncore or i
 """
 import importlib.util
 import os
+import statistics
+import time
 
 import numpy as np
 
@@ -34,6 +36,19 @@ def set_numba_threads():
         import numba
 
         numba.set_num_threads(min(THREADS, numba.config.NUMBA_NUM_THREADS))
+
+
+def median_ms_of(step, calls, warmups=3, after_warmup=lambda: None):
+    """Median milliseconds of ``calls`` calls of step, after warm-ups (then ``after_warmup()``)."""
+    for _ in range(warmups):
+        step()
+    after_warmup()
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
 
 
 def layer_step(backend, cell, shape):
