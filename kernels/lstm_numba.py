@@ -69,7 +69,9 @@ def _cell_forward(a, rec, at, c_prev, c, h, r0, r1, u0, u1, H):
     slice of a 2-D array has an unknown layout, which also stops it)."""
     w = u1 - u0
     for n in range(r0, r1):
-        for q in range(4):
+        if w == H:  # all units: i and f lie side by side, one loop without a scalar tail between them
+            add_activate(a[n, : 2 * H], rec[n, at : at + 2 * H], False)
+        for q in range(2 if w == H else 0, 4):
             lo = at + q * w
             add_activate(a[n, q * H + u0 : q * H + u1], rec[n, lo : lo + w], q == 2)
         _cell_update(a[n, u0:u1], a[n, H + u0:H + u1], a[n, 2 * H + u0:2 * H + u1], a[n, 3 * H + u0:3 * H + u1],
