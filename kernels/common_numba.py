@@ -7,7 +7,8 @@ other by 10x or more.
 
 Math: libm's tanhf/expf are scalar calls that stop LLVM from vectorizing a loop. For
 float32 the kernels use branch-free versions that vectorize and are as accurate as
-NumPy's own float32 functions (about 1 ulp); float64 keeps libm.
+NumPy's own float32 functions (exp, tanh, sigmoid within 1, 1.5, 2.5 ulp against NumPy's
+2.2, 1.4, 3.1: tests/test_parity.py); float64 keeps libm.
 ``FAST`` allows reassociation and FMA contraction only: NaN and inf still propagate.
 """
 import ctypes
@@ -57,7 +58,10 @@ def exp_(x):
 def _exp32(v):
     """e^v for float32, within 1 ulp; vectorizes; NaN stays NaN (the clamps lose it, the last
     select restores it: clamping with min/max and one select made sigmoid 9% faster than a
-    compare-and-select per bound, with the same bits out)."""
+    compare-and-select per bound, with the same bits out). Overflows to inf from v = 88.38 on
+    (exactly: 88.72), and gives e^-87.3 (1.2e-38) for any v below -87.3: the kernels take e^v of
+    v <= 0 only (softmax) or inside tanh and sigmoid, where this only flushes a sigmoid under 4e-39
+    (a subnormal) to 0."""
     e = _exp32_clamped(min(max(v, np.float32(-87.3)), np.float32(88.7)))
     return e if v == v else v
 
