@@ -7,6 +7,7 @@ OUT=${OUT:-/tmp/rnncore-gpu}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m pytest -m gpu -q -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" | tail -25
+python3 -m pytest -q -rs tests/test_kernels_compile.py 2>&1 | tee "$OUT/pytest-compile.log" | tail -5  # nvcc and NVRTC, not marked gpu
 for tool in memcheck racecheck synccheck; do
   compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/sanitize.py > "$OUT/sanitizer-$tool.log" 2>&1
   echo "compute-sanitizer $tool: exit $?"

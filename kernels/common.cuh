@@ -22,10 +22,11 @@ __device__ __forceinline__ T sigmoid_(T x) { return T(1) / (T(1) + exp_(-x)); }
 #define WARP 32
 #define DOT_ROWS 16  // rows of X whose partial sums a lane keeps in registers at once
 
-// Dynamic shared memory as a T array (extern __shared__ cannot be declared per T).
+// Dynamic shared memory as a T array (extern __shared__ cannot be declared per T); aligned
+// for any T, whatever static shared data a kernel may add later.
 #ifndef DYNAMIC_SHARED
 #define DYNAMIC_SHARED(T, name) \
-    extern __shared__ unsigned char name##_raw[]; \
+    extern __shared__ __align__(16) unsigned char name##_raw[]; \
     T* name = reinterpret_cast<T*>(name##_raw)
 #endif
 

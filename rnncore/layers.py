@@ -70,9 +70,13 @@ class Layer:
         return self._cache
 
     def _scale(self, grad, dout, where):
-        """grad * dout for a scalar upstream gradient, keeping grad's dtype."""
-        if isinstance(dout, (int, float)) or (getattr(dout, "ndim", None) == 0 and dout.dtype.kind in "iuf"):
+        """grad * dout for a scalar upstream gradient, keeping grad's dtype. A 0-d array of the
+        backend stays where it is (no host sync; CuPy refuses to convert one implicitly)."""
+        if isinstance(dout, (int, float)) or (isinstance(dout, (np.ndarray, np.generic)) and dout.ndim == 0
+                                              and dout.dtype.kind in "iuf"):
             return grad if dout == 1 else grad * grad.dtype.type(dout)
+        if self.backend.owns(dout) and dout.ndim == 0 and dout.dtype.kind in "iuf":
+            return grad * dout.astype(grad.dtype)
         raise TypeError(f"{where}: dout must be a number (the gradient of the loss), got {type(dout).__name__}")
 
 

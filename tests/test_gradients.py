@@ -98,6 +98,25 @@ def test_softmax_with_loss_gradient(backend, shape):
     assert_close_grad(numerical_grad(loss, xs, backend), dxs, "softmax dxs")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_loss_backward_takes_any_scalar_dout(backend, dtype):
+    """dout as a number, a NumPy scalar or 0-d array, or a 0-d array of the backend (a CuPy one
+    must stay on the device: CuPy refuses the implicit host conversion): the gradient scales,
+    keeping its dtype."""
+    rng = np.random.default_rng(5)
+    xs = backend.asarray(rng.standard_normal((2, 3, 4)).astype(dtype))
+    ts = backend.asarray(rng.integers(0, 4, size=(2, 3)))
+    douts = [2.5, np.float32(2.5), np.array(2.5), backend.asarray(np.float64(2.5)), backend.asarray(np.float32(2.5))]
+    for layer, target in ((rnncore.TimeSoftmaxWithLoss(backend=backend), ts), (rnncore.TimeMSELoss(backend=backend), xs * 0.5)):
+        layer.forward(xs, target)
+        unit = backend.to_numpy(layer.backward())
+        for dout in douts:
+            layer.forward(xs, target)
+            grad = layer.backward(dout)
+            assert grad.dtype == dtype, (layer.name, type(dout))
+            np.testing.assert_allclose(backend.to_numpy(grad), unit * 2.5, rtol=1e-6, err_msg=f"{layer.name} {type(dout)}")
+
+
 def test_softmax_loss_value_matches_definition(backend):
     rng = np.random.default_rng(4)
     scores = rng.standard_normal((2, 3, 5))

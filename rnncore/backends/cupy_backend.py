@@ -83,16 +83,19 @@ class CupyBackend(Backend):
 
     # kernel plumbing -------------------------------------------------------
     def _function(self, filename, kernel, dtype):
-        key = (filename, kernel, dtype)
+        """The compiled kernel, loaded on the current device (a function loaded on one GPU
+        cannot be launched on another)."""
+        device = self.xp.cuda.Device().id
+        key = (device, filename, kernel, dtype)
         if key not in self._functions:
-            if filename not in self._modules:
-                self._modules[filename] = self.xp.RawModule(
+            if (device, filename) not in self._modules:
+                self._modules[device, filename] = self.xp.RawModule(
                     code=_kernels.cuda_module_source(filename),
                     options=("-std=c++17",),
                     name_expressions=_kernels.cuda_name_expressions(filename),
                 )
             ctype = _kernels.CUDA_TYPES[np.dtype(dtype).name]
-            self._functions[key] = self._modules[filename].get_function(f"{kernel}<{ctype}>")
+            self._functions[key] = self._modules[device, filename].get_function(f"{kernel}<{ctype}>")
         return self._functions[key]
 
     def _launch(self, fn, size, args):

@@ -103,6 +103,7 @@ class _Stream:
 
 
 class _Device:
+    id = 0
     attributes = {"MultiProcessorCount": 2}
 
     def synchronize(self):
