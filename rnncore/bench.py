@@ -50,14 +50,16 @@ QUICK_FULL_LENGTHS = (500, 2000)
 
 
 def add_arguments(p):
+    from .cli import positive
+
     p.add_argument("--quick", action="store_true", help="a smaller sweep that runs in under a minute on 2 cores")
     p.add_argument("--backend", help="comma-separated backends (default: every one available here)")
     p.add_argument("--cell", default="rnn,lstm", help="rnn, lstm or both (default rnn,lstm)")
-    p.add_argument("--hidden", type=int, help="hidden size H (default 128; quick 64)")
-    p.add_argument("--batch", type=int, help="rows N (default 16; quick 8)")
-    p.add_argument("--length", type=int, help="stream length L (default 1120; quick 280)")
-    p.add_argument("--vocab", type=int, default=64, help="synthetic vocabulary size (default 64)")
-    p.add_argument("--repeats", type=int, help="timed passes per row (default 5; quick 3)")
+    p.add_argument("--hidden", type=positive(int), help="hidden size H (default 128; quick 64)")
+    p.add_argument("--batch", type=positive(int), help="rows N (default 16; quick 8)")
+    p.add_argument("--length", type=positive(int), help="stream length L (default 1120; quick 280)")
+    p.add_argument("--vocab", type=positive(int), default=64, help="synthetic vocabulary size (default 64)")
+    p.add_argument("--repeats", type=positive(int), help="timed passes per row (default 5; quick 3)")
     p.add_argument("--no-peers", action="store_true", help="skip PyTorch and the textbook layers")
     p.add_argument("--json", help="write the rows (and the machine) as JSON here")
     p.add_argument("--plot", help="write time and memory against T as a PNG here (needs matplotlib)")
@@ -114,9 +116,9 @@ def _settings(args):
              L=args.length or (280 if q else 1120), repeats=args.repeats or (3 if q else 5), seed=args.seed,
              cells=[c.strip() for c in args.cell.split(",") if c.strip()], peers=not args.no_peers,
              backends=[b.strip() for b in args.backend.split(",")] if args.backend else available_backends())
-    for name in ("N", "H", "L", "V", "repeats"):
+    for name, option in (("N", "batch"), ("H", "hidden"), ("L", "length"), ("V", "vocab"), ("repeats", "repeats")):
         if s[name] < 1:
-            raise ValueError(f"--{name.lower()} must be positive")
+            raise ValueError(f"--{option} must be positive")
     if not set(s["cells"]) <= {"rnn", "lstm"} or not s["cells"]:
         raise ValueError(f"--cell takes rnn, lstm or both, got {args.cell!r}")
     s["sweep"] = [T for T in (QUICK_SWEEP if q else SWEEP) if T < s["L"]] + [s["L"]]

@@ -46,14 +46,27 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
-def _positive(kind):
+def positive(kind):
     def parse(text):
         value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        if not (value > 0 and math.isfinite(value)):  # nan > 0 is False too
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
         return value
 
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+
     return parse
+
+
+def _orders(text):
+    """'1,2,3' -> [1, 2, 3]; '' -> []."""
+    try:
+        orders = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}") from None
+    if any(n < 1 for n in orders):
+        raise argparse.ArgumentTypeError(f"must be comma-separated positive integers, got {text!r}")
+    return orders
 
 
 def _common(p):
@@ -75,58 +88,60 @@ def build_parser():
     t.add_argument("--corpus", help="ptb, timemachine, or a UTF-8 text file (default ptb)")
     t.add_argument("--level", choices=["word", "char"], help="tokens are words or characters (default: word; "
                    "char for timemachine)")
-    t.add_argument("--limit", type=_positive(int), help="train on the first LIMIT tokens only (vocabulary too)")
+    t.add_argument("--limit", type=positive(int), help="train on the first LIMIT tokens only (vocabulary too)")
     t.add_argument("--model", choices=sorted(MODEL_CELLS), help="simple (tanh RNN), rnnlm (LSTM), better "
                    "(2 LSTMs of 650, dropout 0.5, tied weights); its sizes can be overridden")
-    t.add_argument("--wordvec", type=_positive(int), help="embedding size")
-    t.add_argument("--hidden", type=_positive(int), help="hidden size")
-    t.add_argument("--layers", type=_positive(int), help="number of recurrent layers")
+    t.add_argument("--wordvec", type=positive(int), help="embedding size")
+    t.add_argument("--hidden", type=positive(int), help="hidden size")
+    t.add_argument("--layers", type=positive(int), help="number of recurrent layers")
     t.add_argument("--dropout", type=float, help="dropout ratio in [0, 1)")
     t.add_argument("--tie", action=argparse.BooleanOptionalAction, default=None,
                    help="share the embedding with the output layer (needs --wordvec == --hidden)")
-    t.add_argument("--batch-size", type=_positive(int), help="rows per batch")
-    t.add_argument("--time-size", type=_positive(int), help="truncation length T of BPTT")
+    t.add_argument("--batch-size", type=positive(int), help="rows per batch")
+    t.add_argument("--time-size", type=positive(int), help="truncation length T of BPTT")
     t.add_argument("--batching", choices=["sequential", "random"],
                    help="sequential: the book's stateful layout; random: d2l's random-offset windows")
     t.add_argument("--optimizer", choices=["sgd", "momentum", "adam"], help="default sgd")
-    t.add_argument("--lr", type=_positive(float), help="learning rate")
+    t.add_argument("--lr", type=positive(float), help="learning rate")
     t.add_argument("--max-grad", type=float, help="clip the global gradient norm to this (0: no clipping)")
     t.add_argument("--lr-decay", type=float, help="divide the learning rate by this when validation perplexity "
                    "does not improve (0: never)")
-    t.add_argument("--epochs", type=_positive(int), help="passes over the training split")
-    t.add_argument("--eval-interval", type=_positive(int), help="iterations between progress reports")
+    t.add_argument("--epochs", type=positive(int), help="passes over the training split")
+    t.add_argument("--eval-interval", type=positive(int), help="iterations between progress reports")
     t.add_argument("--dtype", choices=["float32", "float64"], help="parameter precision (default float32)")
     t.add_argument("--checkpoint", help="best model goes here, resumable state beside it as NAME.last.npz "
                    "(default runs/<preset or model>.npz)")
     t.add_argument("--resume", action="store_true", help="continue from the .last checkpoint of --checkpoint "
                    "(only --epochs, --lr, --max-grad, --lr-decay, --eval-interval may change)")
     t.add_argument("--overwrite", action="store_true", help="start afresh even if --checkpoint holds a run")
-    t.add_argument("--save-every", type=_positive(int), help="also save the resumable state every N iterations")
+    t.add_argument("--save-every", type=positive(int), help="also save the resumable state every N iterations")
     t.add_argument("--metrics", help="write per-epoch perplexities and the test perplexity as JSON here")
     t.add_argument("--plot", help="write the perplexity curve as a PNG here (needs matplotlib)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(seed=None)  # 0, or the resumed run's own (see _train_seed)
 
     e = sub.add_parser("eval", help="perplexity of a checkpoint, beside n-gram baselines")
     _common(e)
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--split", choices=["train", "valid", "test"], default="test")
     e.add_argument("--corpus", help="default: the corpus the checkpoint was trained on")
-    e.add_argument("--ngram", default="1,2,3", help="orders of the add-one n-gram baselines, e.g. 1,2 ('' for none)")
+    e.add_argument("--ngram", type=_orders, default="1,2,3",
+                   help="orders of the add-one n-gram baselines, e.g. 1,2 ('' for none)")
 
     g = sub.add_parser("generate", help="sample text from a checkpoint")
     _common(g)
     g.add_argument("--checkpoint", required=True)
     g.add_argument("--prefix", default="", help="text to continue")
-    g.add_argument("--length", type=_positive(int), default=100, help="tokens to generate (default 100)")
-    g.add_argument("--temperature", type=_positive(float), default=1.0, help="below 1 sharpens, above 1 flattens")
-    g.add_argument("--top-k", type=_positive(int), help="draw only from the K most likely tokens")
+    g.add_argument("--length", type=positive(int), default=100, help="tokens to generate (default 100)")
+    g.add_argument("--temperature", type=positive(float), default=1.0, help="below 1 sharpens, above 1 flattens")
+    g.add_argument("--top-k", type=positive(int), help="draw only from the K most likely tokens")
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--allow-unk", action="store_true", help="let <unk> be generated")
 
     s = sub.add_parser("sine", help="d2l 9.1: fit a noisy sine, print k-step-ahead errors")
     _common(s)
-    s.add_argument("--hidden", type=_positive(int), default=16)
-    s.add_argument("--iterations", type=_positive(int), default=400)
+    s.add_argument("--hidden", type=positive(int), default=16)
+    s.add_argument("--iterations", type=positive(int), default=400)
 
     from . import bench
 
@@ -159,6 +174,16 @@ def train_settings(args, saved=None):
     return settings
 
 
+def _train_seed(given, resume_from):
+    """--seed, 0 by default; a resumed run keeps its own (its weights and batch order came from it)."""
+    if resume_from is None:
+        return 0 if given is None else given
+    saved = resume_from.run.get("seed", 0)
+    if given is not None and given != saved:
+        raise UsageError(f"rnncore train: --seed cannot change when resuming (the checkpoint was trained with {saved})")
+    return saved
+
+
 def _checkpoint_target(path, resume, overwrite):
     """Refuse to clobber an earlier run, and find out now (not after an epoch) if we cannot write."""
     from .train import last_checkpoint_path
@@ -184,19 +209,20 @@ def cmd_train(args):
     ckpt_path = Path(args.checkpoint or f"runs/{name}.npz")
     _checkpoint_target(ckpt_path, args.resume, args.overwrite)
     be = get_backend(args.backend)
-    be.seed(args.seed)
     resume_from = checkpoint.load(last_checkpoint_path(ckpt_path), backend=be) if args.resume else None
     cfg = train_settings(args, resume_from.run.get("settings") if resume_from else None)
+    seed = _train_seed(args.seed, resume_from)
+    be.seed(seed)
     corpus = data.load_corpus(cfg["corpus"], args.data_dir, cfg["level"], cfg["limit"],
                               vocab=resume_from.vocab if resume_from else None)
     batches_cls = data.SequentialBatches if cfg["batching"] == "sequential" else data.RandomBatches
-    extra = {} if cfg["batching"] == "sequential" else {"seed": args.seed}
+    extra = {} if cfg["batching"] == "sequential" else {"seed": seed}
     batches = batches_cls(corpus["train"], cfg["batch_size"], cfg["time_size"], **extra)
     model = resume_from.model if resume_from else RecurrentLM(
         len(corpus.vocab), cfg["wordvec"], cfg["hidden"], cell=MODEL_CELLS[cfg["model"]], num_layers=cfg["layers"],
-        dropout=cfg["dropout"], tie_weights=cfg["tie"], backend=be, dtype=cfg["dtype"], seed=args.seed)
+        dropout=cfg["dropout"], tie_weights=cfg["tie"], backend=be, dtype=cfg["dtype"], seed=seed)
     optimizer = optim.OPTIMIZERS[cfg["optimizer"]](cfg["lr"])
-    run = {"settings": cfg, "level": corpus.level, "seed": args.seed}
+    run = {"settings": cfg, "level": corpus.level, "seed": seed}
     trainer = Trainer(model, optimizer, batches, corpus.vocab, valid_ids=corpus["valid"],
                       max_grad=cfg["max_grad"] or None, eval_interval=cfg["eval_interval"],
                       lr_decay=cfg["lr_decay"] or None, checkpoint_path=ckpt_path, save_every=args.save_every,
@@ -205,12 +231,12 @@ def cmd_train(args):
         trainer.resume(resume_from)
         if args.lr is not None:  # the one optimizer setting a resumed run may change
             trainer.optimizer.lr = args.lr
-    _log(f"training {name} on {cfg['corpus']} ({len(corpus['train'])} tokens, vocabulary {len(corpus.vocab)}) "
+    _log(f"training {args.preset or cfg['model']} on {cfg['corpus']} ({len(corpus['train'])} tokens, vocabulary {len(corpus.vocab)}) "
          f"with the {be.name} backend; checkpoint {ckpt_path}")
+    test_rows = evaluation_rows(corpus["test"], cfg["time_size"], stateful=batches.stateful, split="the test split")
     history = trainer.fit(cfg["epochs"])
     best = checkpoint.load(ckpt_path, backend=be).model
-    test_ppl = evaluate_perplexity(best, corpus["test"], evaluation_rows(corpus["test"], cfg["time_size"]),
-                                   cfg["time_size"], batches.stateful)
+    test_ppl = evaluate_perplexity(best, corpus["test"], test_rows, cfg["time_size"], batches.stateful)
     _log(f"test perplexity {test_ppl:.2f} (best checkpoint: {ckpt_path})")
     if args.metrics:
         _write_json(args.metrics, {"settings": cfg, "backend": be.name, "epochs": history, "test_ppl": test_ppl,
@@ -261,10 +287,10 @@ def cmd_eval(args):
     ids = corpus[args.split]
     stateful = settings.get("batching", "sequential") == "sequential"
     time_size = settings.get("time_size", 35)
-    ppl = evaluate_perplexity(ckpt.model, ids, evaluation_rows(ids, time_size), time_size, stateful)
+    ppl = evaluate_perplexity(ckpt.model, ids, evaluation_rows(ids, time_size, stateful=stateful,
+                                                               split=f"the {args.split} split"), time_size, stateful)
     print(f"{args.checkpoint}: {args.split} perplexity {ppl:.2f} ({len(ids)} tokens)")
-    orders = [int(n) for n in args.ngram.split(",") if n.strip()] if args.ngram else []
-    for n in orders:
+    for n in args.ngram:
         base = ngram_perplexity(corpus["train"], ids, n, len(corpus.vocab))
         print(f"{n}-gram baseline (add-one smoothing): {args.split} perplexity {base:.2f}")
     return 0

@@ -297,14 +297,14 @@ class _Recurrent(Layer):
         """The states the next forward starts from: carried ones if stateful and set, else zeros."""
         names = self.state_names
         carried = [getattr(self, n) for n in names]
-        given, self._given_state = self._given_state, False
-        if carried[0] is None or not (self.stateful or given):
-            return [self.xp.zeros((N, self.hidden_size), dtype=self.dtype) for _ in names]
-        if carried[0].shape[0] != N:
-            raise ValueError(
+        if carried[0] is not None and (self.stateful or self._given_state) and carried[0].shape[0] != N:
+            raise ValueError(  # before the given state is used up: a corrected call still starts from it
                 f"{self._where('forward')}: the carried state has batch size {carried[0].shape[0]} "
                 f"but xs has N={N}; call reset_state() or set_state() first"
             )
+        given, self._given_state = self._given_state, False
+        if carried[0] is None or not (self.stateful or given):
+            return [self.xp.zeros((N, self.hidden_size), dtype=self.dtype) for _ in names]
         return carried
 
     @classmethod

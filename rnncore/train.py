@@ -34,12 +34,15 @@ def perplexity(mean_loss):
     return math.exp(mean_loss) if mean_loss < 700 else math.inf
 
 
-def evaluation_rows(ids, time_size, preferred=10):
-    """The book evaluates 10 rows at a time; fewer where the split is short."""
-    rows = (len(ids) - 1) // time_size
-    if rows < 1:
-        raise ValueError(f"a split of {len(ids)} tokens is too short to evaluate with time size {time_size}")
-    return min(preferred, rows)
+def evaluation_rows(ids, time_size, preferred=10, stateful=True, split="a split"):
+    """The book evaluates 10 rows at a time; fewer where the split is short. Windows from a
+    zero state (not ``stateful``) start at a random offset below time_size, so they need
+    time_size more tokens (as RandomBatches does)."""
+    needed = time_size + 1 if stateful else 2 * time_size + 1
+    if len(ids) < needed:
+        raise ValueError(f"{split} of {len(ids)} tokens is too short to evaluate with time size {time_size} "
+                         f"(it needs at least {needed})")
+    return min(preferred, (len(ids) - 1) // time_size)
 
 
 def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True):
@@ -85,8 +88,8 @@ class Trainer:
         self.valid_ids, self.max_grad, self.eval_interval = valid_ids, max_grad, max(1, eval_interval)
         self.lr_decay, self.save_every = lr_decay, save_every
         # checked now, not after the first epoch
-        self.eval_batch_size = None if valid_ids is None else evaluation_rows(valid_ids, batches.time_size,
-                                                                              eval_batch_size)
+        self.eval_batch_size = None if valid_ids is None else evaluation_rows(
+            valid_ids, batches.time_size, eval_batch_size, batches.stateful, "the validation split")
         self.best_path = Path(checkpoint_path) if checkpoint_path else None
         self.last_path = last_checkpoint_path(self.best_path) if self.best_path else None
         self.progress = Progress(enabled=progress)
@@ -151,9 +154,9 @@ class Trainer:
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
             at = self.iteration - len(values) + bad[0] + 1
-            kept = f"; the last good checkpoint is {self.last_path}" if self.last_path and self.last_path.exists() else ""
             raise TrainingDiverged(
-                f"the loss became {values[bad[0]]} at epoch {self.epoch + 1}, iteration {at}; training stopped{kept}. "
+                f"the loss became {values[bad[0]]} at epoch {self.epoch + 1}, iteration {at}; "
+                f"training stopped{self._kept()}. "
                 "Try a lower --lr or a --max-grad clip"
             )
         self.epoch_loss += float(values.sum())
@@ -204,8 +207,19 @@ class Trainer:
             checkpoint.save(self.best_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
 
     def _save_last(self):
-        if self.last_path:
-            checkpoint.save(self.last_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+        """The resumable state, if the weights are finite: the losses checked so far were computed
+        before the last update, which may itself have overflowed (a huge learning rate)."""
+        if not self.last_path:
+            return
+        be = self.model.backend
+        if not all(bool(be.xp.isfinite(p).all()) for p in self.model.params):
+            raise TrainingDiverged(
+                f"the weights became NaN or infinite by epoch {self.epoch + 1}, iteration {self.iteration}; "
+                f"training stopped{self._kept()}. Try a lower --lr or a --max-grad clip")
+        checkpoint.save(self.last_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+
+    def _kept(self):
+        return f"; the last good checkpoint is {self.last_path}" if self.last_path and self.last_path.exists() else ""
 
     def resume(self, ckpt):
         """Continue from a loaded ``.last`` checkpoint: weights, optimizer, batch order, RNG, history."""

@@ -68,7 +68,15 @@ def test_preset_options_are_overridden_by_explicit_ones():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "--lr", "-1"], "argument --lr: must be positive, got -1"),
+    (["train", "--lr", "-1"], "argument --lr: must be a positive finite number, got -1"),
+    (["train", "--lr", "nan"], "argument --lr: must be a positive finite number, got nan"),
+    (["train", "--lr", "inf"], "argument --lr: must be a positive finite number, got inf"),
+    (["generate", "--checkpoint", "x.npz", "--temperature", "nan"], "argument --temperature: must be a positive"),
+    (["bench", "--hidden", "0"], "argument --hidden: must be a positive finite number, got 0"),
+    (["bench", "--batch", "-1"], "argument --batch: must be a positive finite number, got -1"),
+    (["bench", "--repeats", "x"], "argument --repeats: invalid int value: 'x'"),
+    (["eval", "--checkpoint", "/no/such.npz", "--ngram", "a"], "argument --ngram: must be comma-separated positive"),
+    (["eval", "--checkpoint", "/no/such.npz", "--ngram", "1,0"], "argument --ngram: must be comma-separated positive"),
     (["train", "--preset", "nope"], "invalid choice: 'nope'"),
     (["train", "--dropout", "1.5", "--data-dir", "/nonexistent"], "--dropout must be in [0, 1)"),
     (["train", "--tie", "--wordvec", "10", "--hidden", "20"], "--tie needs --wordvec equal to --hidden"),
@@ -135,6 +143,23 @@ def test_resume_refuses_to_change_the_run(change, message, shared_data, tmp_path
     assert code == 2 and message in err and err.count("\n") == 1
 
 
+def test_resume_keeps_the_runs_seed(shared_data, tmp_path, capsys):
+    """The weights and batch order came from the first run's seed: another is refused, and
+    the resumed run records and reports what it continues."""
+    ckpt, (code, _, err) = _small_run(tmp_path, shared_data, capsys, "--seed", "3")
+    assert code == 0, err
+    code, _, err = run(["train", "--backend", "numpy", "--data-dir", shared_data, "--checkpoint", ckpt, "--resume",
+                        "--epochs", "2", "--seed", "5"], capsys)
+    assert code == 2 and "--seed cannot change when resuming (the checkpoint was trained with 3)" in err
+    code, _, err = run(["train", "--backend", "numpy", "--data-dir", shared_data, "--checkpoint", ckpt, "--resume",
+                        "--epochs", "2", "--quiet"], capsys)
+    assert code == 0, err
+    assert "training rnnlm on ptb" in err
+    from rnncore import checkpoint
+
+    assert checkpoint.load(ckpt).run["seed"] == 3
+
+
 def test_resume_may_change_the_learning_rate(shared_data, tmp_path, capsys):
     ckpt, (code, _, err) = _small_run(tmp_path, shared_data, capsys)
     metrics = tmp_path / "m.json"
@@ -190,6 +215,18 @@ def test_an_npy_file_is_not_a_checkpoint(tmp_path, capsys):
     np.save(tmp_path / "x.npy", np.arange(3))
     code, _, err = run(["generate", "--checkpoint", tmp_path / "x.npy"], capsys)
     assert code == 2 and "is not a readable rnncore checkpoint" in err
+
+
+def test_a_validation_split_too_short_for_random_windows_stops_before_training(tmp_path, capsys):
+    """Random windows start at an offset below T, so evaluating them needs 2T + 1 tokens: a
+    split with fewer is refused up front, by name, not after an epoch."""
+    text = tmp_path / "tiny.txt"
+    text.write_text("abcdefghij" * 110, encoding="utf-8")  # 1100 characters: the validation split gets 55
+    code, _, err = run(["train", "--corpus", text, "--level", "char", "--batching", "random", "--time-size", "32",
+                        "--batch-size", "4", "--hidden", "8", "--wordvec", "8", "--backend", "numpy", "--quiet",
+                        "--checkpoint", tmp_path / "t.npz"], capsys)
+    assert code == 2 and "the validation split of" in err and "it needs at least 65" in err, err
+    assert "epoch" not in err and not (tmp_path / "t.npz").exists()
 
 
 def test_a_small_text_trains_and_evaluates_with_fewer_rows(tmp_path, capsys):

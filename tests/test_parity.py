@@ -133,6 +133,40 @@ def test_dense_algebra_matches_numpy(other_backend, dtype):
     assert rel_err(3 * (y - 0.5 * x), be.to_numpy(yb)) <= TOLERANCE[dtype]
 
 
+def test_dense_algebra_odd_outputs_and_operands(backend):
+    """Outputs as views BLAS cannot write row by row (reversed columns; a row whose stride is
+    not its width), an out that is an operand, mixed dtypes: each computes what NumPy does,
+    writes nothing outside out; mismatched inner dimensions raise."""
+    rng = np.random.default_rng(1)
+    be, xp = backend, backend.xp
+    a, b, bias = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)), rng.standard_normal(4)
+    A, B, bias_ = be.asarray(a), be.asarray(b), be.asarray(bias)
+    big = xp.zeros((6, 4))
+    be.linear(A, B, bias_, out=big[:5, ::-1])
+    np.testing.assert_allclose(be.to_numpy(big)[:5, ::-1], a @ b + bias, rtol=1e-12)
+    assert not be.to_numpy(big)[5].any(), "linear wrote outside out"
+    big[...] = 0
+    be.matmul(A, B, out=big[:5, ::-1])
+    np.testing.assert_allclose(be.to_numpy(big)[:5, ::-1], a @ b, rtol=1e-12)
+    row = xp.zeros((4, 1)).T  # (1, 4): C-contiguous by its flags, row stride 8 bytes
+    be.matmul(A[:1], B, out=row)
+    np.testing.assert_allclose(be.to_numpy(row), a[:1] @ b, rtol=1e-12)
+    out1, out2 = xp.zeros((4, 1)).T, xp.zeros((6, 4))[:5, ::-1]
+    be.matmul_pair(A[:1], B, out1, A, B, out2)
+    np.testing.assert_allclose(be.to_numpy(out1), a[:1] @ b, rtol=1e-12)
+    np.testing.assert_allclose(be.to_numpy(out2), a @ b, rtol=1e-12)
+    square = be.asarray(rng.standard_normal((4, 4)))
+    expected = be.to_numpy(square) @ be.to_numpy(square)
+    be.matmul(square, square, out=square)
+    np.testing.assert_allclose(be.to_numpy(square), expected, rtol=1e-12)
+    mixed = be.to_numpy(be.linear(be.asarray(a.astype(np.float32)), B, bias_))
+    np.testing.assert_allclose(mixed, a.astype(np.float32) @ b + bias, rtol=1e-6)
+    with pytest.raises(ValueError):
+        be.matmul(A, be.asarray(rng.standard_normal((4, 4))))
+    with pytest.raises(ValueError):
+        be.linear(A, be.asarray(rng.standard_normal((4, 4))), be.asarray(rng.standard_normal(4)))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_softmax_survives_extreme_scores(backend, dtype):
     scores = np.array([[1e4, 0, -1e4, 5], [-50, -50, -50, -50], [88, -88, 0, 1]], dtype=dtype)

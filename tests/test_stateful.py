@@ -69,3 +69,21 @@ def test_carried_state_needs_the_same_batch(backend):
     layer.forward(backend.asarray(rng.standard_normal((4, 2, 2))))
     with pytest.raises(ValueError, match=r"TimeRNN.forward: the carried state has batch size 4 but xs has N=3"):
         layer.forward(backend.asarray(rng.standard_normal((3, 2, 2))))
+
+
+def test_given_state_survives_a_rejected_forward(backend):
+    """A stateless layer starts once from set_state's h, c: a forward refused for its batch size
+    does not use that up, so the corrected call still starts there."""
+    rng = np.random.default_rng(3)
+    params = random_params(rng, "lstm", 2, 3, np.float64)
+    h, c = (backend.asarray(rng.standard_normal((3, 3))) for _ in range(2))
+    xs = backend.asarray(rng.standard_normal((3, 4, 2)))
+    layer = make(backend, "lstm", params, stateful=False)
+    layer.set_state(h, c)
+    expected = backend.to_numpy(layer.forward(xs))
+    layer.set_state(h, c)
+    with pytest.raises(ValueError, match=r"TimeLSTM.forward: the carried state has batch size 3 but xs has N=2"):
+        layer.forward(backend.asarray(rng.standard_normal((2, 4, 2))))
+    np.testing.assert_allclose(backend.to_numpy(layer.forward(xs)), expected, rtol=1e-13)
+    fresh = backend.to_numpy(layer.forward(xs))  # used once: from zeros again
+    assert not np.allclose(fresh, expected)

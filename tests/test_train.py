@@ -201,3 +201,21 @@ def test_char_level_generation_joins_without_spaces():
     vocab = data.Vocab(list("ab c"))
     text = generate(model, vocab, "ab", 10, level="char", seed=0)
     assert text.startswith("ab") and len(text) == 12
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+def test_weights_that_overflow_are_never_saved_as_the_last_good_checkpoint(tmp_path):
+    """An update can overflow after a finite loss: the save right after it (every iteration
+    here) refuses, and the checkpoint from before stays the one to resume from."""
+    be = backend_by_name("numpy")
+    trainer = trainer_for(make(be), tmp_path, save_every=1)
+    trainer.fit(1)
+    good = checkpoint.load(last_checkpoint_path(tmp_path / "m.npz"))
+    trainer.optimizer.lr = math.inf  # the first update of epoch 2 makes the weights inf or NaN
+    with pytest.raises(TrainingDiverged, match=r"the weights became NaN or infinite by epoch 2, iteration 1; "
+                                                r"training stopped; the last good checkpoint is .*m\.last\.npz"):
+        trainer.fit(2)
+    kept = checkpoint.load(last_checkpoint_path(tmp_path / "m.npz"))
+    assert kept.trainer_state["epoch"] == 1
+    for a, b in zip(good.model.params, kept.model.params):
+        np.testing.assert_array_equal(a, b)

@@ -58,33 +58,42 @@ class NumbaBackend(NumpyBackend):
     # dense algebra ---------------------------------------------------------------------
     @staticmethod
     def _blas_product(a, b, out=None):
-        """Whether the GEMM kernels take out = a @ b: 2-D floats of one dtype (out too: BLAS
-        writes a's dtype into it)."""
-        return (a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f"
-                and (out is None or (out.ndim == 2 and out.dtype == a.dtype)))
+        """Whether the GEMM kernels take out = a @ b: 2-D floats of one dtype whose inner
+        dimensions agree, and out (if given) of the product's shape and dtype, apart from a
+        and b. Anything else goes to NumPy, which computes it or raises as it always does."""
+        return (a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.kind == "f" and a.shape[1] == b.shape[0]
+                and (out is None or (out.shape == (a.shape[0], b.shape[1]) and out.dtype == a.dtype
+                                     and not np.may_share_memory(out, a) and not np.may_share_memory(out, b))))
 
-    def matmul(self, a, b, out=None):
-        if not self._blas_product(a, b, out):
-            return np.matmul(a, b, out=out)
-        if out is None:
-            out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-        target = out if out.flags.c_contiguous else np.empty(out.shape, dtype=out.dtype)
-        _common.gemm(self._operand(a), self._operand(b), target, numba.get_num_threads())
+    @staticmethod
+    def _row_major(out):
+        """Whether BLAS can write out in place: rows at a stride of its width (flags.c_contiguous
+        alone allows any stride on a dimension of length 1, which BLAS takes as the leading one)."""
+        return out.strides == (out.shape[1] * out.itemsize, out.itemsize)
+
+    def _gemm(self, a, b, out, bias=None):
+        """out = a @ b (+ bias) by the GEMM kernel, through a buffer if out has another layout."""
+        out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype) if out is None else out
+        target = out if self._row_major(out) else np.empty(out.shape, dtype=out.dtype)
+        _common.gemm(self._operand(a), self._operand(b), target, numba.get_num_threads(), bias)
         if target is not out:
             out[...] = target
         return out
 
+    def matmul(self, a, b, out=None):
+        return self._gemm(a, b, out) if self._blas_product(a, b, out) else np.matmul(a, b, out=out)
+
     def matmul_pair(self, a1, b1, out1, a2, b2, out2):
         if not (self._blas_product(a1, b1, out1) and self._blas_product(a2, b2, out2) and a1.dtype == a2.dtype
-                and out1.flags.c_contiguous and out2.flags.c_contiguous):
+                and self._row_major(out1) and self._row_major(out2)):
             return super().matmul_pair(a1, b1, out1, a2, b2, out2)
         _common.gemm_pair(self._operand(a1), self._operand(b1), out1, self._operand(a2), self._operand(b2), out2,
                           numba.get_num_threads())
 
     def linear(self, x, W, b, out=None):
-        out = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype) if out is None else out
-        _common.gemm(self._operand(x), self._operand(W), out, numba.get_num_threads(), b)
-        return out
+        if not (self._blas_product(x, W, out) and b.shape == (W.shape[1],) and b.dtype == x.dtype):
+            return super().linear(x, W, b, out)
+        return self._gemm(x, W, out, b)
 
     @staticmethod
     def _operand(a):
