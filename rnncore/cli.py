@@ -231,8 +231,8 @@ def cmd_train(args):
         trainer.resume(resume_from)
         if args.lr is not None:  # the one optimizer setting a resumed run may change
             trainer.optimizer.lr = args.lr
-    _log(f"training {args.preset or cfg['model']} on {cfg['corpus']} ({len(corpus['train'])} tokens, vocabulary {len(corpus.vocab)}) "
-         f"with the {be.name} backend; checkpoint {ckpt_path}")
+    _log(f"training {args.preset or cfg['model']} on {cfg['corpus']} ({len(corpus['train'])} tokens, "
+         f"vocabulary {len(corpus.vocab)}) with the {be.name} backend; checkpoint {ckpt_path}")
     test_rows = evaluation_rows(corpus["test"], cfg["time_size"], stateful=batches.stateful, split="the test split")
     history = trainer.fit(cfg["epochs"])
     best = checkpoint.load(ckpt_path, backend=be).model
