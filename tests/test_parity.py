@@ -188,6 +188,23 @@ def test_numba_runs_scipy_blas_single_threaded():
     assert be is not None
 
 
+def test_numba_recurrences_compile_once_for_any_weight_layout():
+    """PyTorch's weights go in transposed (Fortran order): that must not compile a second copy
+    of each recurrence kernel (each layout Numba sees is ~30 s of compiling the first time)."""
+    nb = pytest.importorskip("rnncore.backends.numba_backend")
+    from numba import types
+
+    be = rnncore.get_backend("numba")
+    rng = np.random.default_rng(4)
+    for cls, G in ((rnncore.TimeRNN, 3), (rnncore.TimeLSTM, 12)):
+        Wx, Wh = (np.asfortranarray(rng.standard_normal((3, G)).astype(np.float32)) for _ in range(2))
+        layer = cls(Wx, Wh, np.zeros(G, np.float32), backend=be)
+        layer.backward(layer.forward(rng.standard_normal((2, 4, 3)).astype(np.float32)))
+    for kernel in (nb._rnn.rnn_forward, nb._rnn.rnn_backward, nb._lstm.lstm_forward, nb._lstm.lstm_backward):
+        layouts = {arg.layout for sig in kernel.signatures for arg in sig if isinstance(arg, types.Array)}
+        assert layouts == {"C"}, (kernel.__name__, layouts)
+
+
 def test_numba_matmul_into_another_dtype():
     """An out of another dtype than the operands goes to NumPy's matmul, not to BLAS (which
     would write float32 bits into a float64 buffer)."""

@@ -44,6 +44,9 @@ def single_threaded_scipy_blas():
 
 
 def _c(a):
+    """a in C order (no copy if it is): Numba compiles a kernel once per layout of its arguments,
+    so a Fortran-ordered Wh (PyTorch's weight_hh_l0.T, as it comes) compiled a second copy of
+    each recurrence, ~30 s the first time. The kernels pack Wh into panels anyway."""
     return np.ascontiguousarray(a)
 
 
@@ -116,26 +119,26 @@ class NumbaBackend(NumpyBackend):
 
     def rnn_forward(self, xw, h0, Wh):
         _, N, H = xw.shape
-        return _rnn.rnn_forward(xw, _c(h0), Wh, *self._split(N, H, Wh))
+        return _rnn.rnn_forward(xw, _c(h0), _c(Wh), *self._split(N, H, Wh))
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         _, N, H = dhs.shape
         dxw = np.empty_like(dhs)
         dh = self.initial_grad(dh_T, h0)
-        _rnn.rnn_backward(_c(dhs), hs, Wh, dh, dxw, dhs.dtype.type(1), *self._split(N, H, Wh))
+        _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), *self._split(N, H, Wh))
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
         T, N, G = xw.shape
         hs = np.empty((T, N, G // 4), dtype=xw.dtype)
         cs = np.empty_like(hs)
-        _lstm.lstm_forward(xw, _c(h0), _c(c0), Wh, hs, cs, *self._split(N, G // 4, Wh))
+        _lstm.lstm_forward(xw, _c(h0), _c(c0), _c(Wh), hs, cs, *self._split(N, G // 4, Wh))
         return hs, cs
 
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
         _, N, H = dhs.shape
         dh, dc = self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0)
-        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), Wh, dh, dc, dhs.dtype.type(1), *self._split(N, H, Wh))
+        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), *self._split(N, H, Wh))
         return dh, dc
 
     # the rest of a training step --------------------------------------------------------
