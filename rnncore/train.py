@@ -204,19 +204,24 @@ class Trainer:
 
     def _save_best(self):
         if self.best_path:
+            self._check_weights()
             checkpoint.save(self.best_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
 
     def _save_last(self):
-        """The resumable state, if the weights are finite: the losses checked so far were computed
-        before the last update, which may itself have overflowed (a huge learning rate)."""
-        if not self.last_path:
-            return
+        if self.last_path:
+            self._check_weights()
+            checkpoint.save(self.last_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+
+    def _check_weights(self):
+        """Save finite weights only: the losses checked so far were computed before the last
+        update, which may itself have overflowed (a huge learning rate)."""
         be = self.model.backend
-        if not all(bool(be.xp.isfinite(p).all()) for p in self.model.params):
-            raise TrainingDiverged(
-                f"the weights became NaN or infinite by epoch {self.epoch + 1}, iteration {self.iteration}; "
-                f"training stopped{self._kept()}. Try a lower --lr or a --max-grad clip")
-        checkpoint.save(self.last_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+        if all(bool(be.xp.isfinite(p).all()) for p in self.model.params):
+            return
+        epoch = self.epoch + 1 if self.iteration else self.epoch  # at an epoch's end the counters have moved on
+        raise TrainingDiverged(
+            f"the weights became NaN or infinite by epoch {epoch}, iteration {self.iteration or len(self.batches)}; "
+            f"training stopped{self._kept()}. Try a lower --lr or a --max-grad clip")
 
     def _kept(self):
         return f"; the last good checkpoint is {self.last_path}" if self.last_path and self.last_path.exists() else ""

@@ -219,3 +219,24 @@ def test_weights_that_overflow_are_never_saved_as_the_last_good_checkpoint(tmp_p
     assert kept.trainer_state["epoch"] == 1
     for a, b in zip(good.model.params, kept.model.params):
         np.testing.assert_array_equal(a, b)
+
+
+def test_an_epochs_last_update_overflowing_saves_no_best_checkpoint(tmp_path):
+    """Without a validation split the best checkpoint is saved at each epoch's end, after the
+    epoch's last update: weights that update made non-finite are not saved."""
+    be = backend_by_name("numpy")
+    batches = data.SequentialBatches(toy_corpus(), 4, 6)
+    trainer = Trainer(make(be), SGD(1.0), batches, data.Vocab([str(i) for i in range(11)]),
+                      checkpoint_path=tmp_path / "m.npz", progress=False, log=lambda m: None)
+    update = trainer.optimizer.update
+
+    def overflowing(params, grads, backend):
+        update(params, grads, backend)
+        if trainer.iteration == len(batches) - 1:  # the epoch's last update (the count moves on after it)
+            params[0][...] = np.inf
+
+    trainer.optimizer.update = overflowing
+    with pytest.raises(TrainingDiverged, match=rf"the weights became NaN or infinite by epoch 1, iteration "
+                                                rf"{len(batches)}; training stopped\. Try"):
+        trainer.fit(1)
+    assert not (tmp_path / "m.npz").exists()
