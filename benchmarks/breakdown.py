@@ -18,7 +18,7 @@ except ImportError:
 import rnncore
 from steps import configure_torch, layer_step, median_ms_of, set_numba_threads, torch_layer_step
 
-METHODS = ("linear", "matmul", "matmul_pair", "sum_rows", "lstm_forward", "lstm_backward", "rnn_forward",
+METHODS = ("linear", "matmul", "matmuls", "sum_rows", "lstm_forward", "lstm_backward", "rnn_forward",
            "rnn_backward")
 
 

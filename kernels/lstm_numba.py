@@ -25,6 +25,7 @@ from .common_numba import (
     panel_product,
     parallel_kernel,
     share,
+    step_row,
     tanh_,
     unit_panels,
 )
@@ -87,8 +88,9 @@ def _cell_update(i, f, g, o, c_prev, c, h):
 
 
 @parallel_kernel
-def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
-    """dh, dc enter as the gradients at h_T, c_T and leave as those at h0, c0."""
+def lstm_backward(dhs, batch_major, cs, gates, c0, Wh, dh, dc, one, rows, units):
+    """dh, dc enter as the gradients at h_T, c_T and leave as those at h0, c0.
+    dhs: (T, N, H), or (N, T, H) if batch_major."""
     T, N, G = gates.shape
     H = G // 4
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
@@ -99,30 +101,32 @@ def lstm_backward(dhs, cs, gates, c0, Wh, dh, dc, one, rows, units):
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):
             for t in range(T - 1, -1, -1):
-                _backward_step(c, t, dhs, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units)
+                _backward_step(c, t, dhs, batch_major, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units)
             gradient_at_start(gates, panels, dh_step, dh, first, rows, units, c)
     else:
         for t in range(T - 1, -1, -1):
             for c in prange(shares):
-                _backward_step(c, t, dhs, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units)
+                _backward_step(c, t, dhs, batch_major, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units)
         for c in prange(shares):
             gradient_at_start(gates, panels, dh_step, dh, first, rows, units, c)
 
 
 @kernel(inline="always")
-def _backward_step(c, t, dhs, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units):
+def _backward_step(c, t, dhs, batch_major, cs, gates, c0, dh, dc, one, panels, dh_step, first, rows, units):
     """Thread c's share of backward step t: the gradient reaching its units of h_t, then the gate gradients."""
     c_prev = cs[t - 1] if t > 0 else c0
     r0, r1, u0, u1, at = gradient_reaching_h(gates, t, panels, dh_step, dh, first, rows, units, c)
-    _cell_backward(gates[t], dh_step, at, dhs[t], cs[t], c_prev, dc, r0, r1, u0, u1, dhs.shape[2], one)
+    _cell_backward(gates[t], dh_step, at, dhs, t, batch_major, cs[t], c_prev, dc, r0, r1, u0, u1, cs.shape[2], one)
 
 
 @kernel
-def _cell_backward(a, dh, at, up, c, c_prev, dc, r0, r1, u0, u1, H, one):
-    """dh: the gradient reaching units u0..u1 from the next step, in columns at .. at + u1 - u0."""
+def _cell_backward(a, dh, at, dhs, t, batch_major, c, c_prev, dc, r0, r1, u0, u1, H, one):
+    """dh: the gradient reaching units u0..u1 from the next step, in columns at .. at + u1 - u0;
+    dhs: the gradient from above, whose row n of step t ``step_row`` finds."""
     for n in range(r0, r1):
+        up = step_row(dhs, t, n, batch_major)
         _gates_backward(a[n, u0:u1], a[n, H + u0:H + u1], a[n, 2 * H + u0:2 * H + u1], a[n, 3 * H + u0:3 * H + u1],
-                        dh[n, at : at + u1 - u0], up[n, u0:u1], c[n, u0:u1], c_prev[n, u0:u1], dc[n, u0:u1], one)
+                        dh[n, at : at + u1 - u0], up[u0:u1], c[n, u0:u1], c_prev[n, u0:u1], dc[n, u0:u1], one)
 
 
 @kernel(inline="always")

@@ -22,6 +22,7 @@ from .common_numba import (
     panel_product,
     parallel_kernel,
     share,
+    step_row,
     unit_panels,
 )
 
@@ -64,9 +65,10 @@ def _tanh_step(a, rec, at, r0, r1, u0, u1):
 
 
 @parallel_kernel
-def rnn_backward(dhs, hs, Wh, dh, dxw, one, rows, units):
-    """Fills dxw with d(pre-activation); dh enters as the gradient at h_T and leaves as dh0."""
-    T, N, H = dhs.shape
+def rnn_backward(dhs, batch_major, hs, Wh, dh, dxw, one, rows, units):
+    """Fills dxw with d(pre-activation); dh enters as the gradient at h_T and leaves as dh0.
+    dhs: (T, N, H), or (N, T, H) if batch_major."""
+    T, N, H = dxw.shape
     panels, cols, first, C = unit_panels(Wh.T, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=dhs.dtype)  # the gradient reaching h_t, packed
     for p in prange(first[-1]):  # panel by panel: all threads pack, however they split the steps
@@ -75,26 +77,27 @@ def rnn_backward(dhs, hs, Wh, dh, dxw, one, rows, units):
     if len(units) == 2:  # split by rows: each thread runs all steps of its own rows, no region per step
         for c in prange(shares):
             for t in range(T - 1, -1, -1):
-                _backward_step(c, t, dhs, hs, dh, dxw, one, panels, dh_step, first, rows, units)
+                _backward_step(c, t, dhs, batch_major, hs, dh, dxw, one, panels, dh_step, first, rows, units)
             gradient_at_start(dxw, panels, dh_step, dh, first, rows, units, c)
     else:
         for t in range(T - 1, -1, -1):
             for c in prange(shares):
-                _backward_step(c, t, dhs, hs, dh, dxw, one, panels, dh_step, first, rows, units)
+                _backward_step(c, t, dhs, batch_major, hs, dh, dxw, one, panels, dh_step, first, rows, units)
         for c in prange(shares):
             gradient_at_start(dxw, panels, dh_step, dh, first, rows, units, c)
 
 
 @kernel(inline="always")
-def _backward_step(c, t, dhs, hs, dh, dxw, one, panels, dh_step, first, rows, units):
+def _backward_step(c, t, dhs, batch_major, hs, dh, dxw, one, panels, dh_step, first, rows, units):
     r0, r1, u0, u1, at = gradient_reaching_h(dxw, t, panels, dh_step, dh, first, rows, units, c)
-    _tanh_step_backward(dxw[t], dh_step, at, dhs[t], hs[t], r0, r1, u0, u1, one)
+    _tanh_step_backward(dxw[t], dh_step, at, dhs, t, batch_major, hs[t], r0, r1, u0, u1, one)
 
 
 @kernel
-def _tanh_step_backward(d, dh, at, up, h, r0, r1, u0, u1, one):
+def _tanh_step_backward(d, dh, at, dhs, t, batch_major, h, r0, r1, u0, u1, one):
     for n in range(r0, r1):
-        _tanh_derivative(d[n, u0:u1], dh[n, at : at + u1 - u0], up[n, u0:u1], h[n, u0:u1], one)
+        up = step_row(dhs, t, n, batch_major)
+        _tanh_derivative(d[n, u0:u1], dh[n, at : at + u1 - u0], up[u0:u1], h[n, u0:u1], one)
 
 
 @kernel(inline="always")

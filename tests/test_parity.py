@@ -151,10 +151,11 @@ def test_dense_algebra_odd_outputs_and_operands(backend):
     row = xp.zeros((4, 1)).T  # (1, 4): C-contiguous by its flags, row stride 8 bytes
     be.matmul(A[:1], B, out=row)
     np.testing.assert_allclose(be.to_numpy(row), a[:1] @ b, rtol=1e-12)
-    out1, out2 = xp.zeros((4, 1)).T, xp.zeros((6, 4))[:5, ::-1]
-    be.matmul_pair(A[:1], B, out1, A, B, out2)
-    np.testing.assert_allclose(be.to_numpy(out1), a[:1] @ b, rtol=1e-12)
-    np.testing.assert_allclose(be.to_numpy(out2), a @ b, rtol=1e-12)
+    for count in (2, 3):
+        outs = [xp.zeros((4, 1)).T, xp.zeros((6, 4))[:5, ::-1], xp.zeros((5, 4))]
+        be.matmuls([(A[:1], B, outs[0]), (A, B, outs[1]), (A[::-1], B, outs[2])][:count])
+        for out, expected in zip(outs[:count], (a[:1] @ b, a @ b, a[::-1] @ b)):
+            np.testing.assert_allclose(be.to_numpy(out), expected, rtol=1e-12)
     square = be.asarray(rng.standard_normal((4, 4)))
     expected = be.to_numpy(square) @ be.to_numpy(square)
     be.matmul(square, square, out=square)
@@ -313,6 +314,31 @@ def test_fused_steps_on_row_and_unit_edges(kind, N, H):
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("checkpoint", [None, 2])
+def test_backward_reads_the_upstream_gradient_in_any_layout(backend, kind, checkpoint):
+    """dhs batch-major (as a user passes it), as the transpose of a time-major array (as the
+    layer above passes it in a model) and as a strided slice: the same gradients, bit for bit
+    (backends read it where it lies, or copy it; either way the same numbers in the same order)."""
+    rng = np.random.default_rng(7)
+    N, T, D, H = 5, 6, 3, 7
+    params = random_params(rng, kind, D, H, np.float64)
+    xs, dhs = rng.standard_normal((N, T, D)), rng.standard_normal((N, T, H))
+    layouts = {"batch-major": dhs, "time-major": np.ascontiguousarray(dhs.transpose(1, 0, 2)).transpose(1, 0, 2),
+               "strided": np.repeat(dhs, 2, axis=2)[:, :, ::2]}
+    results = {}
+    for name, d in layouts.items():
+        layer = (rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM)(*to_backend(backend, params),
+                                                                         checkpoint=checkpoint, backend=backend)
+        layer.forward(backend.asarray(xs))
+        dxs = layer.backward(backend.asarray(d))
+        extra = [layer.dc] if kind == "lstm" else []
+        results[name] = [backend.to_numpy(a) for a in (dxs, *layer.grads, layer.dh, *extra)]
+    for name in ("time-major", "strided"):
+        for k, (want, got) in enumerate(zip(results["batch-major"], results[name])):
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}: output {k}")
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
 @pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("N, H", [(1, 70), (5, 26), (13, 3), (37, 45)])
@@ -370,18 +396,25 @@ def test_numba_gemm_shares_and_layouts(dtype, threads):
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
 def test_numba_gemm_pair(dtype, threads):
     """Two products in one region, half the threads each, on shapes that differ from each other
-    (either may be empty or narrower than its threads); transposed views as the layer passes them."""
+    (either may be empty or narrower than its threads); transposed views as the layer passes them;
+    with and without a third product that all the threads split."""
     pytest.importorskip("numba")
     pytest.importorskip("rnncore.backends.numba_backend")
     gemm_pair = rnncore._kernels.numba_module("common_numba").gemm_pair
     rng = np.random.default_rng(threads)
-    for (M1, K1, J1), (M2, K2, J2) in [((7, 40, 9), (3, 40, 9)), ((0, 5, 4), (6, 5, 4)), ((30, 20, 1), (1, 1, 1)),
-                                       ((5, 0, 3), (2, 6, 50))]:
+    for (M1, K1, J1), (M2, K2, J2), (M3, K3, J3) in [((7, 40, 9), (3, 40, 9), (40, 9, 7)),
+                                                      ((0, 5, 4), (6, 5, 4), (1, 4, 5)),
+                                                      ((30, 20, 1), (1, 1, 1), (3, 1, 30)),
+                                                      ((5, 0, 3), (2, 6, 50), (0, 3, 2))]:
         a1 = rng.standard_normal((K1, M1)).astype(dtype).T  # F-ordered, as x^T
         a2 = rng.standard_normal((M2, K2)).astype(dtype)
+        a3 = rng.standard_normal((M3, K3)).astype(dtype)
         b1, b2 = rng.standard_normal((K1, J1)).astype(dtype), rng.standard_normal((K2, J2)).astype(dtype)
-        out1, out2 = np.full((M1, J1), np.nan, dtype=dtype), np.full((M2, J2), np.nan, dtype=dtype)
-        gemm_pair(a1, b1, out1, a2, b2, out2, threads)
-        for out, expected in ((out1, a1.astype(np.float64) @ b1), (out2, a2.astype(np.float64) @ b2)):
-            assert not np.isnan(out).any()
-            assert rel_err(expected, out) <= TOLERANCE[dtype]
+        b3 = rng.standard_normal((J3, K3)).astype(dtype).T  # F-ordered, as Wx^T
+        for third in (False, True):
+            outs = [np.full(shape, np.nan, dtype=dtype) for shape in ((M1, J1), (M2, J2), (M3, J3))]
+            gemm_pair(a1, b1, outs[0], a2, b2, outs[1], threads, *((a3, b3, outs[2]) if third else ()))
+            products = ((a1, b1), (a2, b2), (a3, b3))[: 3 if third else 2]
+            for out, (a, b) in zip(outs, products):
+                assert not np.isnan(out).any(), (third, out.shape)
+                assert rel_err(a.astype(np.float64) @ b, out) <= TOLERANCE[dtype]

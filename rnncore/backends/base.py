@@ -18,7 +18,9 @@ only the recurrence:
         ``gates`` is overwritten with the gradient of the pre-activations ``dxw``.
 
 ``dh_T``/``dc_T`` are the gradients arriving at the last state from later steps
-(None means zero). Overwriting in place keeps peak memory at what backward needs.
+(None means zero). ``dhs`` (T, N, H) may be any strided view, typically the transpose of a
+layer's batch-major upstream gradient; a backend copies it only if its kernels must.
+Overwriting in place keeps peak memory at what backward needs.
 
 The rest of a training step: ``embedding_scatter_add(dW, ids, dout)`` adds rows of
 ``dout`` into ``dW`` at ``ids``; ``softmax_cross_entropy(scores, labels)`` returns the
@@ -86,10 +88,11 @@ class Backend:
         """a @ b for 2-D arrays (transposed views welcome), into ``out`` if given."""
         return self.xp.matmul(a, b, out=out)
 
-    def matmul_pair(self, a1, b1, out1, a2, b2, out2):
-        """out1 = a1 @ b1 and out2 = a2 @ b2: two independent products a backend may run side by side."""
-        self.matmul(a1, b1, out=out1)
-        self.matmul(a2, b2, out=out2)
+    def matmuls(self, products):
+        """out = a @ b for each (a, b, out) of ``products``: independent products (no out is
+        another's operand) that a backend may run side by side."""
+        for a, b, out in products:
+            self.matmul(a, b, out=out)
 
     def linear(self, x, W, b, out=None):
         """x @ W + b."""

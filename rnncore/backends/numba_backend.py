@@ -57,6 +57,7 @@ class NumbaBackend(NumpyBackend):
         super().__init__()
         self.blas_libraries = single_threaded_scipy_blas()
         self.blas = _common.BLAS_LIBRARY  # the library the GEMM kernels call
+        self._splits = {}
 
     # dense algebra ---------------------------------------------------------------------
     @staticmethod
@@ -86,12 +87,13 @@ class NumbaBackend(NumpyBackend):
     def matmul(self, a, b, out=None):
         return self._gemm(a, b, out) if self._blas_product(a, b, out) else np.matmul(a, b, out=out)
 
-    def matmul_pair(self, a1, b1, out1, a2, b2, out2):
-        if not (self._blas_product(a1, b1, out1) and self._blas_product(a2, b2, out2) and a1.dtype == a2.dtype
-                and self._row_major(out1) and self._row_major(out2)):
-            return super().matmul_pair(a1, b1, out1, a2, b2, out2)
-        _common.gemm_pair(self._operand(a1), self._operand(b1), out1, self._operand(a2), self._operand(b2), out2,
-                          numba.get_num_threads())
+    def matmuls(self, products):
+        """Two or three products in one parallel region (``gemm_pair``); else one by one."""
+        if not (len(products) in (2, 3) and len({a.dtype for a, _, _ in products}) == 1
+                and all(self._blas_product(a, b, out) and self._row_major(out) for a, b, out in products)):
+            return super().matmuls(products)
+        operands = [x for a, b, out in products for x in (self._operand(a), self._operand(b), out)]
+        _common.gemm_pair(*operands[:6], numba.get_num_threads(), *operands[6:])
 
     def linear(self, x, W, b, out=None):
         if not (self._blas_product(x, W, out) and b.shape == (W.shape[1],) and b.dtype == x.dtype):
@@ -104,18 +106,31 @@ class NumbaBackend(NumpyBackend):
         return a if (a.flags.c_contiguous or a.flags.f_contiguous) else np.ascontiguousarray(a)
 
     # recurrences -----------------------------------------------------------------------
-    @staticmethod
-    def _split(N, H, Wh):
+    def _split(self, N, H, Wh):
         """How the threads share a recurrence step: (row bounds, unit bounds), one of them a single range.
 
         By batch rows when Wh fits in a core's L2 cache (each core then keeps all of Wh hot and
         touches only its own rows: no cache line ping-pongs between cores, which at H=100 made
         two threads slower than one); else by hidden units, so each core streams only its share
-        of Wh from L3 every step."""
+        of Wh from L3 every step. Kept per shape: worked out afresh it took 25 us of a 4 ms
+        layer step (H=100), Python run between kernels being slow on cold caches."""
         threads = numba.get_num_threads()
-        if Wh.nbytes <= WEIGHTS_KEPT_IN_L2 and N >= threads > 1:
-            return _common.even_chunks(N, threads), _common.even_chunks(H, 1)
-        return _common.even_chunks(N, 1), _common.line_chunks(H, threads)
+        by_rows = Wh.nbytes <= WEIGHTS_KEPT_IN_L2 and N >= threads > 1
+        key = (N, H, threads, by_rows)
+        if key not in self._splits:
+            self._splits[key] = ((_common.even_chunks(N, threads), _common.even_chunks(H, 1)) if by_rows
+                                 else (_common.even_chunks(N, 1), _common.line_chunks(H, threads)))
+        return self._splits[key]
+
+    @staticmethod
+    def _sequence(x):
+        """A time-major (T, N, ...) argument as the kernels read it: (C-ordered array, batch_major).
+        The transposed view of a batch-major (N, T, ...) array goes as that array, so a layer's
+        upstream gradient is read where it lies (a transposing copy was 2% of an LSTM step at H=100)."""
+        if x.flags.c_contiguous:
+            return x, False
+        batch = x.transpose((1, 0) + tuple(range(2, x.ndim)))
+        return (batch, True) if batch.flags.c_contiguous else (np.ascontiguousarray(x), False)
 
     def rnn_forward(self, xw, h0, Wh):
         _, N, H = xw.shape
@@ -123,9 +138,9 @@ class NumbaBackend(NumpyBackend):
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
         _, N, H = dhs.shape
-        dxw = np.empty_like(dhs)
+        dxw = np.empty(dhs.shape, dtype=dhs.dtype)
         dh = self.initial_grad(dh_T, h0)
-        _rnn.rnn_backward(_c(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), *self._split(N, H, Wh))
+        _rnn.rnn_backward(*self._sequence(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), *self._split(N, H, Wh))
         return dxw, dh
 
     def lstm_forward(self, xw, h0, c0, Wh):
@@ -138,7 +153,7 @@ class NumbaBackend(NumpyBackend):
     def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
         _, N, H = dhs.shape
         dh, dc = self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0)
-        _lstm.lstm_backward(_c(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), *self._split(N, H, Wh))
+        _lstm.lstm_backward(*self._sequence(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), *self._split(N, H, Wh))
         return dh, dc
 
     # the rest of a training step --------------------------------------------------------
