@@ -156,6 +156,10 @@ def test_dense_algebra_odd_outputs_and_operands(backend):
         be.matmuls([(A[:1], B, outs[0]), (A, B, outs[1]), (A[::-1], B, outs[2])][:count])
         for out, expected in zip(outs[:count], (a[:1] @ b, a @ b, a[::-1] @ b)):
             np.testing.assert_allclose(be.to_numpy(out), expected, rtol=1e-12)
+    C, E = xp.zeros((5, 4)), xp.zeros((5, 4))
+    B2 = be.asarray(rng.standard_normal((4, 4)))
+    be.matmuls([(A, B, C), (C, B2, E)])  # the second reads the first's out: in order, as NumPy would
+    np.testing.assert_allclose(be.to_numpy(E), (a @ b) @ be.to_numpy(B2), rtol=1e-12)
     square = be.asarray(rng.standard_normal((4, 4)))
     expected = be.to_numpy(square) @ be.to_numpy(square)
     be.matmul(square, square, out=square)
@@ -190,8 +194,9 @@ def test_numba_runs_scipy_blas_single_threaded():
 
 
 def test_numba_recurrences_compile_once_for_any_weight_layout():
-    """PyTorch's weights go in transposed (Fortran order): that must not compile a second copy
-    of each recurrence kernel (each layout Numba sees is ~30 s of compiling the first time)."""
+    """PyTorch's weights go in transposed (Fortran order), an upstream gradient may be read-only:
+    neither may compile a second copy of a recurrence kernel (each array type Numba sees is
+    ~30 s of compiling the first time)."""
     nb = pytest.importorskip("rnncore.backends.numba_backend")
     from numba import types
 
@@ -201,9 +206,13 @@ def test_numba_recurrences_compile_once_for_any_weight_layout():
         Wx, Wh = (np.asfortranarray(rng.standard_normal((3, G)).astype(np.float32)) for _ in range(2))
         layer = cls(Wx, Wh, np.zeros(G, np.float32), backend=be)
         layer.backward(layer.forward(rng.standard_normal((2, 4, 3)).astype(np.float32)))
+        frozen = rng.standard_normal((2, 4, G // (4 if cls is rnncore.TimeLSTM else 1))).astype(np.float32)
+        frozen.setflags(write=False)  # read-only upstream gradient: copied, not a new compile
+        layer.forward(rng.standard_normal((2, 4, 3)).astype(np.float32))
+        layer.backward(frozen)
     for kernel in (nb._rnn.rnn_forward, nb._rnn.rnn_backward, nb._lstm.lstm_forward, nb._lstm.lstm_backward):
-        layouts = {arg.layout for sig in kernel.signatures for arg in sig if isinstance(arg, types.Array)}
-        assert layouts == {"C"}, (kernel.__name__, layouts)
+        arrays = [arg for sig in kernel.signatures for arg in sig if isinstance(arg, types.Array)]
+        assert {(a.layout, a.mutable, a.aligned) for a in arrays} == {("C", True, True)}, (kernel.__name__, arrays)
 
 
 def test_numba_matmul_into_another_dtype():
@@ -336,6 +345,12 @@ def test_backward_reads_the_upstream_gradient_in_any_layout(backend, kind, check
     for name in ("time-major", "strided"):
         for k, (want, got) in enumerate(zip(results["batch-major"], results[name])):
             np.testing.assert_array_equal(got, want, err_msg=f"{name}: output {k}")
+    if kind == "rnn":  # its dxw is a new array: C order, whatever the view (a reshape must not copy it)
+        hs = backend.rnn_forward(backend.asarray(rng.standard_normal((T, N, H))), backend.asarray(np.zeros((N, H))),
+                                 backend.asarray(params[1]))
+        dxw, _ = backend.rnn_backward(backend.asarray(dhs).transpose(1, 0, 2), hs, backend.asarray(np.zeros((N, H))),
+                                      backend.asarray(params[1]))
+        assert dxw.flags.c_contiguous
 
 
 @pytest.mark.parametrize("kind", ["rnn", "lstm"])

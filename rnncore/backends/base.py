@@ -89,8 +89,8 @@ class Backend:
         return self.xp.matmul(a, b, out=out)
 
     def matmuls(self, products):
-        """out = a @ b for each (a, b, out) of ``products``: independent products (no out is
-        another's operand) that a backend may run side by side."""
+        """out = a @ b for each (a, b, out) of ``products``, in order; a backend may run them side
+        by side where no out is another's operand."""
         for a, b, out in products:
             self.matmul(a, b, out=out)
 

@@ -39,7 +39,7 @@ class NumpyBackend(Backend):
         return xw
 
     def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
-        dxw = np.empty_like(dhs)
+        dxw = np.empty(dhs.shape, dtype=dhs.dtype)  # C order: empty_like would copy a view's layout
         dh = self.initial_grad(dh_T, h0)
         Wh = np.ascontiguousarray(Wh)
         for t in reversed(range(dhs.shape[0])):
