@@ -509,16 +509,17 @@ def gemm(a, b, out, threads, bias=None):
 
 
 @parallel_kernel
-def gemm_pair(a1, b1, out1, a2, b2, out2, threads, a3=None, b3=None, out3=None):
-    """out1 = a1 @ b1 and out2 = a2 @ b2 in one parallel region, half the threads on each; then,
-    if given, out3 = a3 @ b3 split between all of them in the same region.
+def gemm_three(a1, b1, out1, a2, b2, out2, a3, b3, out3, threads):
+    """out1 = a1 @ b1 and out2 = a2 @ b2 in one parallel region, half the threads on each; then
+    out3 = a3 @ b3 split between all of them, in the same region.
 
     For the two weight gradients of a recurrent layer (x^T dA and h^T dA): a whole product on
     each of two threads took 6-9% less time than the two products one after the other, each
     split in two (H = 650: 19.4 -> 18.3 ms; H = 100: 0.63 -> 0.575 ms), as BLAS runs nearer
     its speed on a whole product than on half of one. The third is the input gradient dA Wx^T:
     in a region of its own it waited for TBB's workers to wake (20-35 us once they have idled
-    50 us) after the Python that called it."""
+    50 us) after the Python that called it. (Three products always: an optional third compiled
+    a second kernel, 9 s a dtype.)"""
     P1, P2 = _shares(a1, b1, max(1, threads // 2)), _shares(a2, b2, max(1, threads - threads // 2))
     work = _blas_workspace(2 * (P1 + P2), a1.dtype)
     for c in prange(P1 + P2):
@@ -526,8 +527,7 @@ def gemm_pair(a1, b1, out1, a2, b2, out2, threads, a3=None, b3=None, out3=None):
             _gemm_share(a1, b1, out1, c, P1, work, c, None)
         else:
             _gemm_share(a2, b2, out2, c - P1, P2, work, c, None)
-        if a3 is not None:
-            _gemm_share(a3, b3, out3, c, P1 + P2, work, P1 + P2 + c, None)
+        _gemm_share(a3, b3, out3, c, P1 + P2, work, P1 + P2 + c, None)
 
 
 @kernel(inline="always")

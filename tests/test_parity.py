@@ -409,13 +409,13 @@ def test_numba_gemm_shares_and_layouts(dtype, threads):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("threads", [1, 2, 3, 4])
-def test_numba_gemm_pair(dtype, threads):
-    """Two products in one region, half the threads each, on shapes that differ from each other
-    (either may be empty or narrower than its threads); transposed views as the layer passes them;
-    with and without a third product that all the threads split."""
+def test_numba_gemm_three(dtype, threads):
+    """Two products in one region, half the threads each, then a third that all the threads
+    split, on shapes that differ from each other (any may be empty or narrower than its
+    threads); transposed views as the layer passes them."""
     pytest.importorskip("numba")
     pytest.importorskip("rnncore.backends.numba_backend")
-    gemm_pair = rnncore._kernels.numba_module("common_numba").gemm_pair
+    gemm_three = rnncore._kernels.numba_module("common_numba").gemm_three
     rng = np.random.default_rng(threads)
     for (M1, K1, J1), (M2, K2, J2), (M3, K3, J3) in [((7, 40, 9), (3, 40, 9), (40, 9, 7)),
                                                       ((0, 5, 4), (6, 5, 4), (1, 4, 5)),
@@ -426,10 +426,8 @@ def test_numba_gemm_pair(dtype, threads):
         a3 = rng.standard_normal((M3, K3)).astype(dtype)
         b1, b2 = rng.standard_normal((K1, J1)).astype(dtype), rng.standard_normal((K2, J2)).astype(dtype)
         b3 = rng.standard_normal((J3, K3)).astype(dtype).T  # F-ordered, as Wx^T
-        for third in (False, True):
-            outs = [np.full(shape, np.nan, dtype=dtype) for shape in ((M1, J1), (M2, J2), (M3, J3))]
-            gemm_pair(a1, b1, outs[0], a2, b2, outs[1], threads, *((a3, b3, outs[2]) if third else ()))
-            products = ((a1, b1), (a2, b2), (a3, b3))[: 3 if third else 2]
-            for out, (a, b) in zip(outs, products):
-                assert not np.isnan(out).any(), (third, out.shape)
-                assert rel_err(a.astype(np.float64) @ b, out) <= TOLERANCE[dtype]
+        outs = [np.full(shape, np.nan, dtype=dtype) for shape in ((M1, J1), (M2, J2), (M3, J3))]
+        gemm_three(a1, b1, outs[0], a2, b2, outs[1], a3, b3, outs[2], threads)
+        for out, (a, b) in zip(outs, ((a1, b1), (a2, b2), (a3, b3))):
+            assert not np.isnan(out).any(), out.shape
+            assert rel_err(a.astype(np.float64) @ b, out) <= TOLERANCE[dtype]

@@ -88,14 +88,14 @@ class NumbaBackend(NumpyBackend):
         return self._gemm(a, b, out) if self._blas_product(a, b, out) else np.matmul(a, b, out=out)
 
     def matmuls(self, products):
-        """Two or three products in one parallel region (``gemm_pair``); else one by one, as also
-        when an out is another product's operand (one by one, in order, as NumPy computes it)."""
-        if not (len(products) in (2, 3) and len({a.dtype for a, _, _ in products}) == 1
+        """Three products (a recurrent layer's backward) in one parallel region (``gemm_three``);
+        else one by one, as also when an out is another product's operand (in order, as NumPy)."""
+        if not (len(products) == 3 and len({a.dtype for a, _, _ in products}) == 1
                 and all(self._blas_product(a, b, out) and self._row_major(out) for a, b, out in products)
                 and self._independent(products)):
             return super().matmuls(products)
         operands = [x for a, b, out in products for x in (self._operand(a), self._operand(b), out)]
-        _common.gemm_pair(*operands[:6], numba.get_num_threads(), *operands[6:])
+        _common.gemm_three(*operands, numba.get_num_threads())
 
     @staticmethod
     def _independent(products):
