@@ -44,10 +44,16 @@ def single_threaded_scipy_blas():
 
 
 def _c(a):
-    """a in C order (no copy if it is): Numba compiles a kernel once per layout of its arguments,
-    so a Fortran-ordered Wh (PyTorch's weight_hh_l0.T, as it comes) compiled a second copy of
-    each recurrence, ~30 s the first time. The kernels pack Wh into panels anyway."""
-    return np.ascontiguousarray(a)
+    """a in C order, writable and aligned (no copy if it is): Numba compiles a kernel once per
+    array type of its arguments, so a Fortran-ordered Wh (PyTorch's weight_hh_l0.T, as it comes)
+    compiled a second copy of each recurrence, ~30 s the first time, and a read-only dhs 17 s.
+    The kernels pack Wh into panels anyway."""
+    return a if _ready(a) else np.array(a, order="C")
+
+
+def _ready(a):
+    """Whether a goes to a kernel as it is: C order, writable, aligned (see ``_c``)."""
+    return a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
 
 
 class NumbaBackend(NumpyBackend):
@@ -139,14 +145,12 @@ class NumbaBackend(NumpyBackend):
     def _sequence(x):
         """A time-major (T, N, ...) argument as the kernels read it: (C-ordered array, batch_major).
         The transposed view of a batch-major (N, T, ...) array goes as that array, so a layer's
-        upstream gradient is read where it lies (a transposing copy was 2% of an LSTM step at H=100).
-        Read-only or unaligned arrays are copied: Numba would compile each kernel again for them."""
-        if not (x.flags.writeable and x.flags.aligned):
-            return np.array(x, order="C"), False
-        if x.flags.c_contiguous:
-            return x, False
+        upstream gradient is read where it lies (a transposing copy was 2% of an LSTM step at H=100);
+        anything else as ``_c`` makes it."""
         batch = x.transpose((1, 0) + tuple(range(2, x.ndim)))
-        return (batch, True) if batch.flags.c_contiguous else (np.ascontiguousarray(x), False)
+        if not x.flags.c_contiguous and _ready(batch):
+            return batch, True
+        return _c(x), False
 
     def rnn_forward(self, xw, h0, Wh):
         _, N, H = xw.shape
