@@ -13,10 +13,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "support")]
 
 from conftest import emulated_cupy  # noqa: E402
 
-from rnncore import data  # noqa: E402
+from rnncore.app import data  # noqa: E402
 from rnncore.models import SimpleRnnlm  # noqa: E402
 from rnncore.optim import SGD  # noqa: E402
-from rnncore.train import Trainer  # noqa: E402
+from rnncore.app.train import Trainer  # noqa: E402
 
 
 def main(recurrence="cublas", data_dir=str(ROOT.parent / "shared" / "data")):

@@ -15,5 +15,5 @@ done
 python3 -m pytest benchmarks -q --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
 python3 benchmarks/ratios.py "$OUT/bench.json" | tee "$OUT/ratios.txt"
 python3 benchmarks/paired.py --backend cupy --json "$OUT/paired.json" | tee "$OUT/paired.txt"  # back-to-back pairs beside cuDNN
-python3 -m rnncore.cli bench --quick --json "$OUT/sweep.json" --plot "$OUT/sweep.png" > "$OUT/sweep.txt" 2>&1
+python3 -m rnncore.app.cli bench --quick --json "$OUT/sweep.json" --plot "$OUT/sweep.png" > "$OUT/sweep.txt" 2>&1
 tail -40 "$OUT/sweep.txt"

@@ -102,7 +102,7 @@ def shared_data():
     public mirrors into rnncore's cache; failing that too (no network), the test is skipped."""
     if (DATA_DIR / "ptb" / "ptb.train.txt").is_file():
         return DATA_DIR
-    from rnncore import data
+    from rnncore.app import data
 
     try:
         for name in ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt", "timemachine.txt"):

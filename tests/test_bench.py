@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from rnncore import bench, textbook
-from rnncore.cli import main
+from rnncore.app import bench, textbook
+from rnncore.app.cli import main
 
 KEYS = {"backend", "cell", "N", "H", "T", "truncation", "time_per_token_s", "tokens_per_s", "peak_bytes",
         "analytic_bytes", "grad_cosine", "L", "checkpoint", "time_spread_s"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import HAS_NUMBA, REPO
 
-from rnncore.cli import PRESETS, build_parser, main, train_settings
+from rnncore.app.cli import PRESETS, build_parser, main, train_settings
 
 
 def run(args, capsys):
@@ -115,7 +115,7 @@ def test_sine_prints_k_step_errors(capsys):
 
 
 def test_console_script_help_explains_options():
-    out = subprocess.run([sys.executable, "-m", "rnncore.cli", "train", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "rnncore.app.cli", "train", "--help"], capture_output=True, text=True,
                          cwd=REPO)
     assert out.returncode == 0
     for option in ("--preset", "--backend", "--corpus", "--model", "--checkpoint", "--data-dir", "--metrics",
@@ -155,7 +155,7 @@ def test_resume_keeps_the_runs_seed(shared_data, tmp_path, capsys):
                         "--epochs", "2", "--quiet"], capsys)
     assert code == 0, err
     assert "training rnnlm on ptb" in err
-    from rnncore import checkpoint
+    from rnncore.app import checkpoint
 
     assert checkpoint.load(ckpt).run["seed"] == 3
 

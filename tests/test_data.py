@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from rnncore import data
+from rnncore.app import data
 
 
 # vocabulary and tokens ---------------------------------------------------------------

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from conftest import backend_by_name
 
-from rnncore import checkpoint, data
-from rnncore.generate import generate, pick
+from rnncore.app import checkpoint, data
+from rnncore.app.generate import generate, pick
 from rnncore.models import RecurrentLM
 from rnncore.optim import SGD, Adam
-from rnncore.train import Trainer, TrainingDiverged, evaluate_perplexity, last_checkpoint_path
+from rnncore.app.train import Trainer, TrainingDiverged, evaluate_perplexity, last_checkpoint_path
 
 CPU = ["numpy", "numba"]
 

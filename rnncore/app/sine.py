@@ -7,9 +7,9 @@ alone costs 0.04 in mean squared error.
 """
 import numpy as np
 
-from .backends import get_backend
-from .layers import TimeAffine, TimeMSELoss, TimeRNN
-from .optim import Adam
+from ..backends import get_backend
+from ..layers import TimeAffine, TimeMSELoss, TimeRNN
+from ..optim import Adam
 
 
 def noisy_sine(length=1000, noise=0.2, seed=0):

@@ -15,8 +15,8 @@ import numpy as np
 
 from . import checkpoint
 from .data import RandomBatches, SequentialBatches
-from .checks import trusted_ids
-from .optim import clip_grads
+from ..checks import trusted_ids
+from ..optim import clip_grads
 
 
 class TrainingDiverged(RuntimeError):

@@ -9,7 +9,7 @@ random lengths with mean T (d2l 9.7). Full BPTT is also run with checkpointing (
 every sqrt(L)-th state, recompute the rest) at growing L, to show memory ~ sqrt(L).
 
 Runners: each rnncore backend available here, and the peers where installed: PyTorch
-(cuDNN on a GPU, else the CPU) and the textbook layers (rnncore.textbook: one NumPy
+(cuDNN on a GPU, else the CPU) and the textbook layers (rnncore.app.textbook: one NumPy
 layer object per time step, as the book writes them).
 
 Each row (also the keys of --json's "rows"):
@@ -39,9 +39,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bptt
-from .backends import available_backends, get_backend
-from .models import RecurrentLM
+from .. import bptt
+from ..backends import available_backends, get_backend
+from ..models import RecurrentLM
+from .options import positive
 
 SWEEP = (5, 10, 20, 35, 70, 140, 280, 560)
 QUICK_SWEEP = (5, 35, 140)
@@ -50,8 +51,6 @@ QUICK_FULL_LENGTHS = (500, 2000)
 
 
 def add_arguments(p):
-    from .cli import positive
-
     p.add_argument("--quick", action="store_true", help="a smaller sweep that runs in under a minute on 2 cores")
     p.add_argument("--backend", help="comma-separated backends (default: every one available here)")
     p.add_argument("--cell", default="rnn,lstm", help="rnn, lstm or both (default rnn,lstm)")
@@ -91,7 +90,7 @@ def run(args):
 
 
 def _in_subprocess(task):
-    result = subprocess.run([sys.executable, "-m", "rnncore.bench", json.dumps(task)], stdout=subprocess.PIPE, text=True)
+    result = subprocess.run([sys.executable, "-m", "rnncore.app.bench", json.dumps(task)], stdout=subprocess.PIPE, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"the {task['runner']} runner failed (exit status {result.returncode})")
     return json.loads(result.stdout)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Vocab, _default_mode
-from .models import build_model
+from ..models import build_model
 
 FORMAT = "rnncore-checkpoint-1"
 

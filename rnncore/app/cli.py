@@ -11,6 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .options import positive
+
 PRESETS = {
     "ch05": dict(corpus="ptb", limit=1000, model="simple", wordvec=100, hidden=100, batch_size=10, time_size=5,
                  lr=0.1, epochs=100, max_grad=0, lr_decay=0, batching="sequential", eval_interval=19),
@@ -44,18 +46,6 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{self.prog}: {message}")
-
-
-def positive(kind):
-    def parse(text):
-        value = kind(text)
-        if not (value > 0 and math.isfinite(value)):  # nan > 0 is False too
-            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
-
-    return parse
 
 
 def _orders(text):
@@ -200,9 +190,10 @@ def _checkpoint_target(path, resume, overwrite):
 
 
 def cmd_train(args):
-    from . import checkpoint, data, optim
-    from .backends import get_backend
-    from .models import RecurrentLM
+    from . import checkpoint, data
+    from .. import optim
+    from ..backends import get_backend
+    from ..models import RecurrentLM
     from .train import Trainer, evaluate_perplexity, evaluation_rows, last_checkpoint_path
 
     name = args.preset or args.model or DEFAULTS["model"]
@@ -273,7 +264,7 @@ def _plot_curve(history, interval_ppl, per_epoch, interval, path):
 
 def cmd_eval(args):
     from . import checkpoint, data
-    from .backends import get_backend
+    from ..backends import get_backend
     from .ngram import ngram_perplexity
     from .train import evaluate_perplexity, evaluation_rows
 
@@ -298,7 +289,7 @@ def cmd_eval(args):
 
 def cmd_generate(args):
     from . import checkpoint
-    from .backends import get_backend
+    from ..backends import get_backend
     from .generate import generate
 
     ckpt = checkpoint.load(args.checkpoint, backend=get_backend(args.backend))
@@ -325,7 +316,7 @@ def _write_json(path, obj):
 
 
 def main(argv=None):
-    from .backends import BackendNotAvailable
+    from ..backends import BackendNotAvailable
     from .checkpoint import CheckpointError
     from .data import DataError
     from .train import TrainingDiverged, TrainingInterrupted
