@@ -1,4 +1,4 @@
-"""rnncore: recurrent Time layers trained with (truncated) BPTT on NumPy, Numba or CuPy.
+"""rnncore: recurrent Time layers (RNN, LSTM, GRU) trained with (truncated) BPTT on NumPy, Numba or CuPy.
 
     import rnncore
     lstm = rnncore.TimeLSTM(Wx, Wh, b, backend="numba")
@@ -7,7 +7,7 @@
 Importing rnncore imports neither numba nor cupy; a backend loads on first use.
 """
 from .backends import Backend, BackendNotAvailable, available_backends, get_backend, use
-from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
 from .models import BetterRnnlm, RecurrentLM, Rnnlm, SimpleRnnlm
 
 __version__ = "0.1.0"
@@ -22,6 +22,7 @@ __all__ = [
     "TimeAffine",
     "TimeDropout",
     "TimeEmbedding",
+    "TimeGRU",
     "TimeLSTM",
     "TimeMSELoss",
     "TimeRNN",

@@ -7,9 +7,11 @@ a layer returns its output as a transposed view of a time-major buffer, so the n
 layer's ``time_major()`` is free and no activation is copied between layers.
 """
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
+from . import cells
 from .backends import get_backend
 from .checks import (
     FLOAT_DTYPES,
@@ -230,65 +232,82 @@ class TimeDropout(Layer):
         return dout if mask is None else dout * mask
 
 
-class _Recurrent(Layer):
-    """What TimeRNN and TimeLSTM share: checks, carried state, the hoisted GEMMs, checkpointing.
+class Held(NamedTuple):
+    """What forward kept of a segment for backward: its gates and saved arrays, or the states it
+    started from (backward then computes them again)."""
 
-    ``checkpoint=k`` processes the sequence in segments of k steps and keeps, besides the
-    input and the output, only the state at each segment's start; backward recomputes a
-    segment's saved state (the LSTM's cells and gates) just before it needs it. Gradients
-    equal the plain pass's up to float rounding. The RNN saves nothing beyond its input
-    and output, so for TimeRNN the option only changes the order of the work.
+    gates: object
+    saved: tuple
+    states: list
+
+
+class Recurrent(Layer):
+    """One recurrent layer over any cell (``rnncore.cells``): checks, carried states, the hoisted
+    GEMMs, checkpointing. ``TimeRNN``, ``TimeLSTM`` and ``TimeGRU`` are declarations over it.
+
+    ``checkpoint=k`` processes the sequence in segments of k steps. A segment whose cell saves
+    nothing beyond hs (the RNN) holds what backward reads; any other keeps only the states at
+    its start, and backward recomputes its gates and saved arrays just before it needs them.
+    Gradients equal the plain pass's up to float rounding.
     """
 
-    param_names = ("Wx", "Wh", "b")
-    gates = 1
-    state_names = ("h",)
+    cell = None
 
-    def __init__(self, Wx, Wh, b, stateful=False, checkpoint=None, backend=None):
-        super().__init__([Wx, Wh, b], backend)
+    def __init__(self, *params, stateful=False, checkpoint=None, backend=None):
+        super().__init__(params, backend)
+        cell = self.cell
+        Wx, Wh = params[0], params[1]
         expect_shape(self.name, "Wh", Wh, ("H", "G"))
         H = Wh.shape[0]
-        G = self.gates * H
-        expect_param_shape(self.name, "Wh", Wh, (H, G), f"H, {self._g_text()}")
+        G = cell.gates * H
+        g_text = "G = H" if cell.gates == 1 else f"G = {cell.gates}H"
+        expect_param_shape(self.name, "Wh", Wh, (H, G), f"H, {g_text}")
         expect_shape(self.name, "Wx", Wx, ("D", ("G", G)))
-        expect_param_shape(self.name, "b", b, (G,), self._g_text())
+        for name, b in zip(self.param_names[2:], params[2:]):
+            expect_param_shape(self.name, name, b, (G,), g_text)
         if checkpoint is not None and (isinstance(checkpoint, bool) or not isinstance(checkpoint, numbers.Integral)
                                        or checkpoint < 1):
             raise ValueError(f"{self.name}: checkpoint must be a positive number of steps or None, got {checkpoint!r}")
         self.hidden_size = H
-        # dWh and db as the rows of one buffer: _segment_grads computes both in one GEMM
+        # dWh and the recurrent pre-activations' bias gradient as the rows of one buffer:
+        # _segment_grads computes both in one GEMM
         self._dWh_db = self.xp.zeros((H + 1, G), dtype=Wh.dtype)
-        self.grads[1], self.grads[2] = self._dWh_db[:H], self._dWh_db[H]
+        self.grads[1], self.grads[-1] = self._dWh_db[:H], self._dWh_db[H]
         self.stateful = stateful
         self.checkpoint = None if checkpoint is None else int(checkpoint)
         self.reset_state()
 
-    def _g_text(self):
-        return "G = H" if self.gates == 1 else f"G = {self.gates}H"
+    @property
+    def param_names(self):
+        return self.cell.param_names
+
+    @property
+    def state_names(self):
+        """The carried states: ("h",) or ("h", "c")."""
+        return self.cell.states
 
     def reset_state(self):
         """Forget the carried state: the next forward starts from zeros."""
-        self.h = self.dh = None
+        for name in self.cell.states:
+            setattr(self, name, None)
+            setattr(self, "d" + name, None)
         self._given_state = False
-        if self.gates == 4:
-            self.c = self.dc = None
 
     def set_state(self, h, c=None):
         """Start the next forward from ``h`` (and ``c`` for the LSTM), each (N, H). A stateful layer
         carries on from there; a stateless one starts from it once, then from zeros again."""
         where = self._where("set_state")
-        if self.gates == 1 and c is not None:
-            raise ValueError(f"{where}: a TimeRNN has no cell state; pass h only")
-        states = [("h", h)] + ([("c", c)] if self.gates == 4 else [])
+        if "c" not in self.cell.states and c is not None:
+            raise ValueError(f"{where}: a {self.name} has no cell state; pass h only")
+        states = list(zip(self.cell.states, (h, c)))
         for name, s in states:
             if s is None:
                 raise ValueError(f"{where}: {name} is required")
             self._check_state(where, name, s)
-        if self.gates == 4 and c.shape != h.shape:
+        if c is not None and c.shape != h.shape:
             raise ValueError(f"{where}: c must have the shape of h {tuple(h.shape)}, got {tuple(c.shape)}")
-        self.h = h.copy()
-        if self.gates == 4:
-            self.c = c.copy()
+        for name, s in states:
+            setattr(self, name, s.copy())
         self._given_state = True
 
     def _check_state(self, where, name, s, N=None):
@@ -298,7 +317,7 @@ class _Recurrent(Layer):
 
     def _start_states(self, N):
         """The states the next forward starts from: carried ones if stateful and set, else zeros."""
-        names = self.state_names
+        names = self.cell.states
         carried = [getattr(self, n) for n in names]
         if carried[0] is not None and (self.stateful or self._given_state) and carried[0].shape[0] != N:
             raise ValueError(  # before the given state is used up: a corrected call still starts from it
@@ -312,14 +331,14 @@ class _Recurrent(Layer):
 
     @classmethod
     def from_torch(cls, state_dict, index=0, prefix="", stateful=False, backend=None, dtype="float32"):
-        """A layer with the weights of layer ``index`` of a ``torch.nn.RNN``/``nn.LSTM`` state dict."""
+        """A layer with the weights of layer ``index`` of a ``torch.nn.RNN``/``LSTM``/``GRU`` state dict."""
         be = get_backend(backend)
-        return cls(*(be.asarray(p.astype(dtype)) for p in torch_params(state_dict, index, prefix)),
+        return cls(*(be.asarray(p.astype(dtype)) for p in torch_params(state_dict, index, prefix, cls.cell)),
                    stateful=stateful, backend=be)
 
     def load_torch(self, state_dict, index=0, prefix=""):
         """Overwrite this layer's weights in place from a PyTorch state dict (see ``torch_params``)."""
-        for name, p, v in zip(self.param_names, self.params, torch_params(state_dict, index, prefix)):
+        for name, p, v in zip(self.param_names, self.params, torch_params(state_dict, index, prefix, self.cell)):
             if p.shape != v.shape:
                 raise ValueError(f"{self.name}: {name} is {tuple(p.shape)} but the state dict gives {tuple(v.shape)}")
             p[...] = self.backend.asarray(v.astype(p.dtype))
@@ -336,18 +355,22 @@ class _Recurrent(Layer):
         hs = None if seg == T else self.xp.empty((T, N, self.hidden_size), dtype=self.dtype)
         kept, states = [], starts
         for t0 in range(0, T, seg):
-            out, saved = self._run_segment(x_tm[t0 : t0 + seg], states)
+            out, gates, saved = self._run_segment(x_tm[t0 : t0 + seg], states)
             if seg == T:
                 hs = out
-                kept.append(saved)
-            else:  # keep only where the segment started; backward recomputes the rest
+            else:
                 hs[t0 : t0 + seg] = out
-                kept.append(states)
-            states = self._last_states(out, saved)
+            # what backward needs: the gates and saved arrays (hs is kept anyway: nothing more for
+            # the RNN), or only where the segment started
+            if seg == T or self.cell.gates_are_h:
+                kept.append(Held(gates if seg == T else None, saved, None))
+            else:
+                kept.append(Held(None, None, states))
+            states = self.cell.last_states(out, saved)
             if seg < T:  # copies: views would keep the whole segment alive
                 states = [s.copy() for s in states]
         self._cache = (x_tm, starts, hs, kept, seg)
-        for name, value in zip(self.state_names, states):
+        for name, value in zip(self.cell.states, states):
             setattr(self, name, value.copy())
         return batch_major(hs)
 
@@ -357,9 +380,9 @@ class _Recurrent(Layer):
         x_tm, starts, hs, kept, seg = self._forward_cache()
         T, N, D = x_tm.shape
         self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
-        if self.gates == 1 and dc_next is not None:
-            raise ValueError(f"{self._where('backward')}: a TimeRNN has no cell state; dc_next must be None")
-        grads = [dh_next, dc_next][: len(self.state_names)]
+        if "c" not in self.cell.states and dc_next is not None:
+            raise ValueError(f"{self._where('backward')}: a {self.name} has no cell state; dc_next must be None")
+        grads = [dh_next, dc_next][: len(self.cell.states)]
         for name, g in zip(("dh_next", "dc_next"), grads):
             if g is not None:
                 self._check_state(self._where("backward"), name, g, N)
@@ -368,36 +391,52 @@ class _Recurrent(Layer):
         dx = None if seg == T else self.xp.empty((T, N, D), dtype=self.dtype)
         for k in reversed(range(len(kept))):
             t0, t1 = k * seg, min(k * seg + seg, T)
-            states = starts if seg == T else kept[k]
-            saved = kept[k] if seg == T else self._recompute(x_tm[t0:t1], states)
-            dxw, grads = self._backward_segment(d_tm[t0:t1], hs[t0:t1], saved, states, grads)
-            dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, accumulate=t1 < T)
+            states = starts if k == 0 else self._segment_start(kept[k], hs, t0)
+            gates, saved = self._held_or_recomputed(kept[k], x_tm[t0:t1], hs[t0:t1], states)
+            dxw, dhw, grads = self.backend.recurrence_backward(self.cell, d_tm[t0:t1], hs[t0:t1], gates, saved,
+                                                               states, self.params[1], grads)
+            dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, dhw, accumulate=t1 < T)
             if dx is None:
                 dx = dx_seg
             else:
                 dx[t0:t1] = dx_seg
-        for name, g in zip(("dh", "dc"), grads):
-            setattr(self, name, g)
+        for name, g in zip(self.cell.states, grads):
+            setattr(self, "d" + name, g)
         return batch_major(dx)
 
-    def _project(self, x_seg):
-        """xw = x @ Wx + b for all the segment's steps in one GEMM, time-major (T, N, G)."""
-        Wx, _, b = self.params
+    @staticmethod
+    def _segment_start(held, hs, t0):
+        """The states entering the segment at t0: kept by forward, or (a segment that holds its
+        gates) h at t0 - 1."""
+        return held.states if held.states is not None else [hs[t0 - 1]]
+
+    def _held_or_recomputed(self, held, x_seg, hs_seg, states):
+        """The segment's gates and saved arrays: held since forward, or computed again from its start."""
+        if self.cell.gates_are_h:
+            return hs_seg, ()
+        if held.states is None:
+            return held.gates, held.saved
+        return self._run_segment(x_seg, states)[1:]
+
+    def _run_segment(self, x_seg, states):
+        """(hs, gates, saved) of the segment from ``states``: xw = x Wx + bx for all its steps in
+        one GEMM, then the recurrence."""
+        Wx, Wh, b = self.params[:3]
         T, N, D = x_seg.shape
-        return self.backend.linear(x_seg.reshape(T * N, D), Wx, b).reshape(T, N, Wx.shape[1])
+        xw = self.backend.linear(x_seg.reshape(T * N, D), Wx, b).reshape(T, N, Wx.shape[1])
+        bh = self.params[3] if self.cell.recurrent_bias else None
+        return self.backend.recurrence_forward(self.cell, xw, states, Wh, bh)
 
-    def _recompute(self, x_seg, states):
-        return self._run_segment(x_seg, states)[1]
-
-    def _segment_grads(self, x_seg, h_start, hs_seg, dxw, accumulate):
-        """dWx = x^T dxw, and dWh with db in one GEMM: [h_{t-1}, 1]^T dxw, whose last row 1^T dxw
-        is db, so no second pass reads dxw for a column sum (6% less time for the two at H=100);
-        and dxs = dxw Wx^T: three independent products, handed to the backend together.
-        Added in if ``accumulate``, else written; returns the segment's dxs, time-major."""
+    def _segment_grads(self, x_seg, h_start, hs_seg, dxw, dhw, accumulate):
+        """dWx = x^T dxw, and dWh with the recurrent bias in one GEMM: [h_{t-1}, 1]^T dhw, whose
+        last row 1^T dhw is the bias gradient, so no second pass reads dhw for a column sum
+        (6% less time for the two at H=100); and dxs = dxw Wx^T: three independent products,
+        handed to the backend together. A cell with two biases (the GRU) adds bx's gradient,
+        1^T dxw. Added in if ``accumulate``, else written; returns the segment's dxs, time-major."""
         T, N, D = x_seg.shape
         Wx = self.params[0]
         G, H = Wx.shape[1], self.hidden_size
-        flat = dxw.reshape(T * N, G)
+        flat, flat_h = dxw.reshape(T * N, G), dhw.reshape(T * N, G)
         h_ones = self.xp.empty((T, N, H + 1), dtype=self.dtype)  # [h_{t-1}, 1] for every t
         h_ones[0, :, :H] = h_start
         h_ones[1:, :, :H] = hs_seg[:-1]
@@ -406,15 +445,21 @@ class _Recurrent(Layer):
         if accumulate:
             dWx, dWh_db = self.xp.empty_like(dWx), self.xp.empty_like(dWh_db)
         dx = self.xp.empty((T * N, D), dtype=self.dtype)
-        self.backend.matmuls([(x_seg.reshape(T * N, D).T, flat, dWx), (h_ones.reshape(T * N, H + 1).T, flat, dWh_db),
+        self.backend.matmuls([(x_seg.reshape(T * N, D).T, flat, dWx), (h_ones.reshape(T * N, H + 1).T, flat_h, dWh_db),
                               (flat, Wx.T, dx)])
         if accumulate:
             self.grads[0] += dWx
             self._dWh_db += dWh_db
+        if self.cell.recurrent_bias:
+            dbx = self.grads[2]
+            if accumulate:
+                dbx += flat.sum(axis=0)
+            else:
+                self.backend.sum_rows(flat, dbx)
         return dx.reshape(T, N, D)
 
 
-class TimeRNN(_Recurrent):
+class TimeRNN(Recurrent):
     """tanh RNN over a sequence: h_t = tanh(x_t @ Wx + h_{t-1} @ Wh + b).
 
     Wx (D, H), Wh (H, H), b (H,). ``forward(xs)`` takes (N, T, D) and returns hs (N, T, H).
@@ -423,22 +468,13 @@ class TimeRNN(_Recurrent):
     with respect to the starting state in ``dh``.
     """
 
-    def _run_segment(self, x_seg, states):
-        return self.backend.rnn_forward(self._project(x_seg), states[0], self.params[1]), ()
+    cell = cells.RNN
 
-    def _recompute(self, x_seg, states):
-        return ()  # hs, the only thing backward reads, is kept anyway
-
-    @staticmethod
-    def _last_states(hs, saved):
-        return [hs[-1]]
-
-    def _backward_segment(self, d_seg, hs_seg, saved, states, grads):
-        dxw, dh = self.backend.rnn_backward(d_seg, hs_seg, states[0], self.params[1], grads[0])
-        return dxw, [dh]
+    def __init__(self, Wx, Wh, b, stateful=False, checkpoint=None, backend=None):
+        super().__init__(Wx, Wh, b, stateful=stateful, checkpoint=checkpoint, backend=backend)
 
 
-class TimeLSTM(_Recurrent):
+class TimeLSTM(Recurrent):
     """LSTM over a sequence, gates in the cuDNN/PyTorch order i, f, g, o.
 
     a_t = x_t @ Wx + h_{t-1} @ Wh + b, split into four H-wide blocks i, f, g, o;
@@ -449,38 +485,48 @@ class TimeLSTM(_Recurrent):
     calls; after backward, ``dh`` and ``dc`` hold the gradients of the start state.
     """
 
-    gates = 4
-    state_names = ("h", "c")
+    cell = cells.LSTM
 
-    def _run_segment(self, x_seg, states):
-        xw = self._project(x_seg)
-        hs, cs = self.backend.lstm_forward(xw, states[0], states[1], self.params[1])
-        return hs, (cs, xw)  # xw now holds the activated gates
-
-    @staticmethod
-    def _last_states(hs, saved):
-        return [hs[-1], saved[0][-1]]
-
-    def _backward_segment(self, d_seg, hs_seg, saved, states, grads):
-        cs, gates = saved
-        dh, dc = self.backend.lstm_backward(d_seg, hs_seg, cs, gates, states[0], states[1], self.params[1],
-                                            grads[0], grads[1])
-        return gates, [dh, dc]  # gates now holds d(pre-activations)
+    def __init__(self, Wx, Wh, b, stateful=False, checkpoint=None, backend=None):
+        super().__init__(Wx, Wh, b, stateful=stateful, checkpoint=checkpoint, backend=backend)
 
 
-def torch_params(state_dict, index=0, prefix=""):
-    """(Wx, Wh, b) host arrays from ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``.
+class TimeGRU(Recurrent):
+    """GRU over a sequence in PyTorch's/cuDNN's form, gates r, z, n:
 
-    PyTorch stores (G, D) and (G, H) with the gates in rnncore's order (i, f, g, o), so
-    the weights go in transposed and the two biases summed. Values may be torch tensors
-    (read through ``numpy.asarray``; rnncore never imports torch) or arrays.
+    a = x_t @ Wx + bx, g = h_{t-1} @ Wh + bh, each split into three H-wide blocks r, z, n;
+    r = sigmoid(a_r + g_r), z = sigmoid(a_z + g_z), n = tanh(a_n + r * g_n),
+    h_t = (1 - z) * n + z * h_{t-1}.
+    Wx (D, 3H), Wh (H, 3H), bx (3H,), bh (3H,): a ``torch.nn.GRU``'s ``weight_ih_l0.T``,
+    ``weight_hh_l0.T``, ``bias_ih_l0`` and ``bias_hh_l0`` (``from_torch``). The biases stay
+    apart because bh's n block sits inside r * (...). The books (d2l 10.2, DLFS2's appendix)
+    apply r before the product, tanh(a_n + (r * h_{t-1}) @ Wh_n); rnncore follows cuDNN and
+    PyTorch. ``stateful`` carries h between calls; after backward ``dh`` holds the gradient of
+    the start state.
+    """
+
+    cell = cells.GRU
+
+    def __init__(self, Wx, Wh, bx, bh, stateful=False, checkpoint=None, backend=None):
+        super().__init__(Wx, Wh, bx, bh, stateful=stateful, checkpoint=checkpoint, backend=backend)
+
+
+def torch_params(state_dict, index=0, prefix="", cell=cells.LSTM):
+    """The layer's parameters as host arrays from ``weight_ih_l{k}``, ``weight_hh_l{k}``,
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``prefix`` before each name, e.g. for a model's submodule).
+
+    PyTorch stores (G, D) and (G, H) with the gates in rnncore's order (i, f, g, o; r, z, n),
+    so the weights go in transposed; the two biases are summed for cells with one bias and
+    kept apart for the GRU. Values may be torch tensors (read through ``numpy.asarray``;
+    rnncore never imports torch) or arrays.
     """
     names = [f"{prefix}{n}_l{index}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     missing = [n for n in names if n not in state_dict]
     if missing:
         raise KeyError(f"the state dict has no {', '.join(missing)}; its keys are {', '.join(state_dict)}")
     w_ih, w_hh, b_ih, b_hh = (_host_array(state_dict[n]) for n in names)
-    return np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T), b_ih + b_hh
+    weights = [np.ascontiguousarray(w_ih.T), np.ascontiguousarray(w_hh.T)]
+    return weights + ([b_ih, b_hh] if cell.recurrent_bias else [b_ih + b_hh])
 
 
 def _host_array(value):

@@ -7,9 +7,9 @@ generator with the book's scales, so a seed gives the same model on every backen
 import numpy as np
 
 from .backends import get_backend
-from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss
+from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss
 
-CELLS = {"rnn": TimeRNN, "lstm": TimeLSTM}
+CELLS = {"rnn": TimeRNN, "lstm": TimeLSTM, "gru": TimeGRU}
 
 
 class RecurrentLM:
@@ -60,12 +60,14 @@ class RecurrentLM:
         def zeros(n):
             return be.xp.zeros(n, dtype=dtype)
 
-        G = H if cell == "rnn" else 4 * H
+        layer = CELLS[cell]
+        G = layer.cell.gates * H
         embed_W = draw((V, D), 1 / 100)
         self.embed = TimeEmbedding(embed_W, backend=be)
+        biases = len(layer.cell.param_names) - 2
         self.rnn_layers = [
-            CELLS[cell](draw((D if k == 0 else H, G), 1 / np.sqrt(D if k == 0 else H)), draw((H, G), 1 / np.sqrt(H)),
-                        zeros(G), stateful=True, backend=be)
+            layer(draw((D if k == 0 else H, G), 1 / np.sqrt(D if k == 0 else H)), draw((H, G), 1 / np.sqrt(H)),
+                  *(zeros(G) for _ in range(biases)), stateful=True, backend=be)
             for k in range(num_layers)
         ]
         affine_W = embed_W.T if tie_weights else draw((H, V), 1 / np.sqrt(H))
@@ -125,7 +127,7 @@ class RecurrentLM:
                 rnn.set_state(*(self.backend.asarray(s) for s in st))
 
     def load_torch(self, state_dict, prefix=""):
-        """Take the recurrent weights of a ``torch.nn.RNN``/``nn.LSTM`` state dict (tensors or arrays)."""
+        """Take the recurrent weights of a ``torch.nn.RNN``/``LSTM``/``GRU`` state dict (tensors or arrays)."""
         for k, rnn in enumerate(self.rnn_layers):
             rnn.load_torch(state_dict, index=k, prefix=prefix)
 

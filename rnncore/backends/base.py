@@ -1,33 +1,49 @@
-"""The backend seam: what every backend provides, and the parts they share.
+"""The backend seam: what every backend provides (``BackendProtocol``), and the parts they share.
 
 A backend is an array module ``xp`` plus a table of fused whole-sequence kernels.
-Everything is time-major inside: ``xw`` is ``(T, N, G)``, states are ``(N, H)``.
-Layers hoist the non-recurrent matrix products out of the loop, so a kernel runs
-only the recurrence:
+Everything is time-major inside: ``xw`` is ``(T, N, G)``, states are ``(N, H)``, G = gates * H
+of the cell (``rnncore.cells``). Layers hoist the non-recurrent matrix products out of the
+loop, so a backend runs only the recurrence, one driver for every cell:
 
-    rnn_forward(xw, h0, Wh) -> hs
-        h_t = tanh(xw_t + h_{t-1} @ Wh).  ``xw`` is overwritten and returned as ``hs``.
-    rnn_backward(dhs, hs, h0, Wh, dh_T) -> (dxw, dh0)
-        ``dxw`` is the gradient of the pre-activations; ``dWh = [h0, hs[:-1]]^T dxw``
-        is left to one GEMM in the layer.
-    lstm_forward(xw, h0, c0, Wh) -> (hs, cs)
-        a_t = xw_t + h_{t-1} @ Wh split into gates i, f, g, o (cuDNN/PyTorch order);
-        i, f, o = sigmoid, g = tanh; c_t = f*c_{t-1} + i*g; h_t = o*tanh(c_t).
-        ``xw`` is overwritten with the activated gates (the saved state for backward).
-    lstm_backward(dhs, hs, cs, gates, h0, c0, Wh, dh_T, dc_T) -> (dh0, dc0)
-        ``gates`` is overwritten with the gradient of the pre-activations ``dxw``.
+    recurrence_forward(cell, xw, states0, Wh, bh=None) -> (hs, gates, saved)
+        cell     rnncore.cells.Cell (RNN, LSTM, GRU): its step math runs inside the driver.
+        xw       (T, N, G) C-contiguous, float32/float64: x_t Wx + b for every step.
+                 OVERWRITTEN with the activated gates and returned as ``gates``.
+        states0  list of (N, H), one per ``cell.states`` (h0; h0, c0); read only, any layout.
+        Wh       (H, G), read only, any layout (PyTorch's weight_hh_l0.T is Fortran-ordered).
+        bh       (G,) or None: the recurrent bias inside the step (``cell.recurrent_bias``:
+                 the GRU's r * (h Wh_n + bh_n)); None for the other cells.
+        hs       (T, N, H), new, C order; for ``cell.gates_are_h`` (the RNN) it *is* ``xw``.
+        saved    tuple of new (T, N, H) arrays named by ``cell.saved`` (LSTM: cs; GRU: hn).
+        The states after the last step are ``cell.last_states(hs, saved)``.
 
-``dh_T``/``dc_T`` are the gradients arriving at the last state from later steps
-(None means zero). ``dhs`` (T, N, H) may be any strided view, typically the transpose of a
-layer's batch-major upstream gradient; a backend copies it only if its kernels must.
-Overwriting in place keeps peak memory at what backward needs.
+    recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None)
+            -> (dxw, dhw, dstates0)
+        dhs        (T, N, H) upstream gradient, any strided view (typically the transpose of a
+                   layer's batch-major gradient); read only; a backend copies it only if its
+                   kernels must.
+        hs, gates, saved, states0, Wh: as forward returned or took them. ``gates`` is
+                   OVERWRITTEN with ``dhw`` unless ``cell.gates_are_h`` (then it is hs, which
+                   the layer still needs: it is not written).
+        dstates_T  list (one per state) of (N, H) or None: gradients reaching the last states
+                   from later steps (None: zero). Read only.
+        dhw        (T, N, G): gradient of the recurrent pre-activations h_{t-1} Wh (+ bh):
+                   dWh = [h_{t-1}]^T dhw and dbh = 1^T dhw follow from it.
+        dxw        (T, N, G) C order: gradient of xw: dWx = x^T dxw, db(x) = 1^T dxw, dx = dxw Wx^T.
+                   The same array as dhw for the LSTM (both over ``gates``); a new array for the
+                   RNN (gates are hs) and the GRU (whose n block differs: dhw_n = r * dxw_n).
+        dstates0   list of new (N, H) arrays: gradients at the start states.
+    No argument aliases another unless said so above. Overwriting in place keeps peak memory
+    at what backward needs: hs, gates and the saved arrays, nothing per step beyond them.
 
 The rest of a training step: ``embedding_scatter_add(dW, ids, dout)`` adds rows of
 ``dout`` into ``dW`` at ``ids``; ``softmax_cross_entropy(scores, labels)`` returns the
-mean loss over labels != -1 and its gradient in one pass; ``dropout_mask``.
+mean loss over labels != -1 and its gradient in one pass; ``dropout_mask``; the dense
+algebra (``matmul``, ``matmuls``, ``linear``, ``sum_rows``) layers and optimizers call.
 """
 import contextlib
 import tracemalloc
+from typing import Protocol, runtime_checkable
 
 
 class BackendError(RuntimeError):
@@ -148,16 +164,10 @@ class Backend:
                 tracemalloc.stop()
 
     # kernels (see the module docstring) -------------------------------------
-    def rnn_forward(self, xw, h0, Wh):
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None):
         raise NotImplementedError
 
-    def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
-        raise NotImplementedError
-
-    def lstm_forward(self, xw, h0, c0, Wh):
-        raise NotImplementedError
-
-    def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None):
         raise NotImplementedError
 
     def embedding_scatter_add(self, dW, ids, dout):
@@ -165,3 +175,32 @@ class Backend:
 
     def softmax_cross_entropy(self, scores, labels):
         raise NotImplementedError
+
+
+@runtime_checkable
+class BackendProtocol(Protocol):
+    """What a layer, model or optimizer may call on a backend (see the module docstring for the
+    kernels' contracts). Every backend satisfies it; tests/test_package.py checks the
+    signatures too."""
+
+    name: str
+    xp: object
+
+    def asarray(self, a, dtype=None): ...
+    def to_numpy(self, a): ...
+    def owns(self, a): ...
+    def synchronize(self): ...
+    def matmul(self, a, b, out=None): ...
+    def matmuls(self, products): ...
+    def linear(self, x, W, b, out=None): ...
+    def sum_rows(self, a, out): ...
+    def sum_of_squares(self, arrays): ...
+    def scale_(self, a, s): ...
+    def axpy_(self, alpha, x, y): ...
+    def seed(self, seed): ...
+    def dropout_mask(self, shape, ratio, dtype): ...
+    def peak_memory(self): ...
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None): ...
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None): ...
+    def embedding_scatter_add(self, dW, ids, dout): ...
+    def softmax_cross_entropy(self, scores, labels): ...

@@ -4,17 +4,8 @@ Each step of a recurrence is a few whole-batch NumPy calls; the loop over time i
 """
 import numpy as np
 
+from .. import cells
 from .base import Backend
-
-
-def sigmoid(x):
-    """Logistic function into a new contiguous array, one temporary in all; exp overflows to
-    inf for large -x, which correctly gives 0."""
-    s = np.negative(x)
-    with np.errstate(over="ignore"):
-        np.exp(s, out=s)
-    s += 1
-    return np.reciprocal(s, out=s)
 
 
 def rows_times(x, WT):
@@ -30,63 +21,33 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
-    def rnn_forward(self, xw, h0, Wh):
-        h = h0
-        WhT = np.ascontiguousarray(Wh.T)
-        for t in range(xw.shape[0]):
-            xw[t] += rows_times(h, WhT)
-            h = np.tanh(xw[t], out=xw[t])
-        return xw
-
-    def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
-        dxw = np.empty(dhs.shape, dtype=dhs.dtype)  # C order: empty_like would copy a view's layout
-        dh = self.initial_grad(dh_T, h0)
-        Wh = np.ascontiguousarray(Wh)
-        for t in reversed(range(dhs.shape[0])):
-            dh = dh + dhs[t]
-            np.multiply(dh, 1 - hs[t] * hs[t], out=dxw[t])
-            dh = rows_times(dxw[t], Wh)  # dxw[t] @ Wh.T
-        return dxw, np.ascontiguousarray(dh)
-
-    def lstm_forward(self, xw, h0, c0, Wh):
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None):
         T, N, G = xw.shape
-        H = G // 4
-        hs = np.empty((T, N, H), dtype=xw.dtype)
-        cs = np.empty_like(hs)
-        h, c = h0, c0
+        H = G // cell.gates
+        hs = xw if cell.gates_are_h else np.empty((T, N, H), dtype=xw.dtype)
+        saved = tuple(np.empty((T, N, H), dtype=xw.dtype) for _ in cell.saved)
         WhT = np.ascontiguousarray(Wh.T)
+        states = list(states0)
         for t in range(T):
-            a = xw[t]
-            a += rows_times(h, WhT)
-            # Out of place on purpose: NumPy 2.4's in-place unary ufuncs on strided float32
-            # views can read the wrong elements (np.negative(v, out=v) with v = a[:, 3:]).
-            a[:, : 2 * H] = sigmoid(a[:, : 2 * H])  # i, f
-            a[:, 2 * H : 3 * H] = np.tanh(a[:, 2 * H : 3 * H])  # g
-            a[:, 3 * H :] = sigmoid(a[:, 3 * H :])  # o
-            i, f, g, o = np.split(a, 4, axis=1)
-            c = np.add(f * c, i * g, out=cs[t])
-            h = np.multiply(o, np.tanh(c), out=hs[t])
-        return hs, cs
+            rec = rows_times(states[0], WhT)
+            if bh is not None:
+                rec = rec + bh
+            states = cells.forward_step(cell, xw[t], rec, states, t, hs, saved)
+        return hs, xw, saved
 
-    def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        dh = self.initial_grad(dh_T, h0)
-        dc = self.initial_grad(dc_T, c0)
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None):
+        dstates_T = dstates_T or [None] * len(cell.states)
+        dh, *others = (self.initial_grad(g, s) for g, s in zip(dstates_T, states0))
+        # C order: empty_like would copy a view's layout
+        dxw = np.empty(gates.shape, dtype=gates.dtype) if cell.gates_are_h or cell.recurrent_bias else gates
         Wh = np.ascontiguousarray(Wh)
         for t in reversed(range(dhs.shape[0])):
-            a = gates[t]
-            i, f, g, o = (x.copy() for x in np.split(a, 4, axis=1))
-            c_prev = cs[t - 1] if t > 0 else c0
-            dh = dh + dhs[t]
-            tanh_c = np.tanh(cs[t])
-            dc = dc + dh * o * (1 - tanh_c * tanh_c)
-            di, df, dg, do = np.split(a, 4, axis=1)  # views: written in place
-            di[...] = dc * g * i * (1 - i)
-            df[...] = dc * c_prev * f * (1 - f)
-            dg[...] = dc * i * (1 - g * g)
-            do[...] = dh * tanh_c * o * (1 - o)
-            dc = dc * f
-            dh = rows_times(a, Wh)  # a @ Wh.T
-        return np.ascontiguousarray(dh), dc
+            prev = _states_before(cell, t, hs, saved, states0)
+            dhw_t, (bypass, *others) = cells.backward_step(cell, gates[t], dxw[t], dh + dhs[t], others, prev, t, hs, saved)
+            dh = rows_times(dhw_t, Wh)  # dhw_t @ Wh.T
+            if bypass is not None:
+                dh = dh + bypass
+        return dxw, dxw if cell.gates_are_h else gates, [np.ascontiguousarray(dh), *others]
 
     def embedding_scatter_add(self, dW, ids, dout):
         np.add.at(dW, ids, dout)
@@ -105,3 +66,10 @@ class NumpyBackend(Backend):
         probs[rows, safe_labels] -= 1
         probs *= (valid / count).astype(probs.dtype)[:, None]
         return loss, probs
+
+
+def _states_before(cell, t, hs, saved, states0):
+    """The carried states entering step t: h_{t-1} and the saved arrays named like the other states."""
+    if t == 0:
+        return list(states0)
+    return [hs[t - 1]] + [saved[cell.saved.index(name)][t - 1] for name in cell.states[1:]]

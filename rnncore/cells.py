@@ -1,0 +1,132 @@
+"""What a recurrent cell is: its gate blocks, the states it carries, what its backward reads.
+
+A cell is data. The recurrence drivers (one per target: ``recurrence_forward`` and
+``recurrence_backward`` of each backend) take a ``Cell`` and run its step math; the layers
+(``rnncore.layers.TimeRNN`` / ``TimeLSTM`` / ``TimeGRU``) are declarations over it. The
+NumPy step math below is the reference every backend is tested against; the Numba and
+CUDA versions of the same math live beside their drivers in ``kernels/``.
+
+Shapes: a step works on a batch of N rows; ``a`` (N, G) holds ``x_t Wx + b`` on entry,
+``rec`` (N, G) holds ``h_{t-1} Wh`` (+ ``bh`` for cells with a recurrent bias), G = gates * H.
+
+- ``rnn``: h = tanh(a + rec). Saves nothing beyond hs (the activated gate *is* h).
+- ``lstm``: gates i, f, g, o (cuDNN/PyTorch order); i, f, o = sigmoid, g = tanh;
+  c = f * c_prev + i * g; h = o * tanh(c). Carries (h, c); saves the cells ``cs``.
+- ``gru``: gates r, z, n (cuDNN/PyTorch form); r = sigmoid(a_r + rec_r),
+  z = sigmoid(a_z + rec_z), n = tanh(a_n + r * rec_n), h = (1 - z) * n + z * h_prev, with
+  rec = h_prev Wh + bh: ``bh``'s n block stays inside r * (...), so the two biases are
+  separate parameters. Saves ``hn`` = rec_n (what d r needs). The books (d2l 10.2, DLFS2's
+  appendix) apply r before the product, tanh(a_n + (r * h_prev) Wh_n); rnncore follows
+  cuDNN/PyTorch, so ``torch.nn.GRU`` weights load as they are.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Cell:
+    """name: "rnn", "lstm" or "gru"; gates: G = gates * H; states: carried state names (h first);
+    saved: names of the (T, N, H) arrays forward keeps for backward besides hs and the gates;
+    recurrent_bias: whether the cell has its own bias ``bh`` on h_{t-1} Wh (the GRU) besides
+    the input bias; gates_are_h: the activated gates are h itself (forward writes h over xw,
+    so backward gets hs as the gates and must not write them)."""
+
+    name: str
+    gates: int
+    states: tuple
+    saved: tuple = ()
+    recurrent_bias: bool = False
+    gates_are_h: bool = False
+
+    @property
+    def param_names(self):
+        return ("Wx", "Wh", "bx", "bh") if self.recurrent_bias else ("Wx", "Wh", "b")
+
+    def last_states(self, hs, saved):
+        """The states after the last step: h, and the LSTM's c."""
+        return [hs[-1]] + ([saved[0][-1]] if "c" in self.states else [])
+
+
+RNN = Cell("rnn", gates=1, states=("h",), gates_are_h=True)
+LSTM = Cell("lstm", gates=4, states=("h", "c"), saved=("c",))
+GRU = Cell("gru", gates=3, states=("h",), saved=("hn",), recurrent_bias=True)
+CELLS = {cell.name: cell for cell in (RNN, LSTM, GRU)}
+
+
+# NumPy step math: the reference ------------------------------------------------------------
+def sigmoid(x):
+    """Logistic function into a new contiguous array, one temporary in all; exp overflows to
+    inf for large -x, which correctly gives 0."""
+    s = np.negative(x)
+    with np.errstate(over="ignore"):
+        np.exp(s, out=s)
+    s += 1
+    return np.reciprocal(s, out=s)
+
+
+def blocks(a, k):
+    """The k H-wide gate blocks of a (N, k*H) row block, as views."""
+    return np.split(a, k, axis=1)
+
+
+def forward_step(cell, a, rec, prev, t, hs, saved):
+    """Step t: activates the gates of ``a`` in place, writes hs[t] (and saved[...][t]);
+    ``prev``: the states before the step. Returns the states after it."""
+    if cell is RNN:
+        np.add(a, rec, out=a)
+        return [np.tanh(a, out=a)]  # hs is the gates buffer itself
+    if cell is LSTM:
+        H = a.shape[1] // 4
+        a += rec
+        # Out of place on purpose: NumPy 2.4's in-place unary ufuncs on strided float32
+        # views can read the wrong elements (np.negative(v, out=v) with v = a[:, 3:]).
+        a[:, : 2 * H] = sigmoid(a[:, : 2 * H])  # i, f
+        a[:, 2 * H : 3 * H] = np.tanh(a[:, 2 * H : 3 * H])  # g
+        a[:, 3 * H :] = sigmoid(a[:, 3 * H :])  # o
+        i, f, g, o = blocks(a, 4)
+        c = np.add(f * prev[1], i * g, out=saved[0][t])
+        return [np.multiply(o, np.tanh(c), out=hs[t]), c]
+    H = a.shape[1] // 3
+    h_prev = prev[0]
+    a[:, : 2 * H] = sigmoid(a[:, : 2 * H] + rec[:, : 2 * H])  # r, z
+    r, z, n = blocks(a, 3)
+    saved[0][t] = rec[:, 2 * H :]
+    n[...] = np.tanh(n + r * saved[0][t])
+    hs[t] = n + z * (h_prev - n)  # (1 - z) * n + z * h_prev
+    return [hs[t]]
+
+
+def backward_step(cell, a, dxw_t, d_total, dprev, prev, t, hs, saved):
+    """Gradients of step t. ``d_total``: the whole gradient reaching h_t; ``dprev``: the
+    gradients of the other carried states reaching step t (the LSTM's dc). Writes the gradient of
+    the recurrent pre-activations (h_{t-1} Wh + bh) over ``a`` (unless the gates are h) and that
+    of the input pre-activations into ``dxw_t`` (the same array for the RNN and LSTM). Returns
+    (dhw_t, [the part of the gradient reaching h_{t-1} that bypasses Wh, or None, then the
+    gradients of the other states at t-1])."""
+    if cell is RNN:
+        h = hs[t]
+        np.multiply(d_total, 1 - h * h, out=dxw_t)
+        return dxw_t, [None]
+    if cell is LSTM:
+        i, f, g, o = (x.copy() for x in blocks(a, 4))
+        c = saved[0][t]
+        tanh_c = np.tanh(c)
+        dc = dprev[0] + d_total * o * (1 - tanh_c * tanh_c)
+        di, df, dg, do = blocks(a, 4)  # views: written in place
+        di[...] = dc * g * i * (1 - i)
+        df[...] = dc * prev[1] * f * (1 - f)
+        dg[...] = dc * i * (1 - g * g)
+        do[...] = d_total * tanh_c * o * (1 - o)
+        return a, [None, dc * f]
+    H = a.shape[1] // 3
+    r, z, n = (x.copy() for x in blocks(a, 3))
+    h_prev = prev[0]
+    dn = d_total * (1 - z) * (1 - n * n)  # d(a_n + r * hn)
+    dr, dz, dhn = blocks(a, 3)  # written in place: the recurrent pre-activations' gradient
+    dxw_t[:, 2 * H :] = dn
+    dr[...] = dn * saved[0][t] * r * (1 - r)
+    dz[...] = d_total * (h_prev - n) * z * (1 - z)
+    dhn[...] = dn * r
+    dxw_t[:, : 2 * H] = a[:, : 2 * H]
+    return a, [d_total * z]
