@@ -4,6 +4,7 @@ Bad options, missing files and corrupt checkpoints print one line on stderr and 
 with status 2; a diverged run exits 1; Ctrl-C saves the training state and exits 130.
 """
 import argparse
+import importlib
 import json
 import math
 import os
@@ -37,6 +38,11 @@ MODEL_CELLS = {"simple": "rnn", "rnnlm": "lstm", "better": "lstm"}
 MODEL_DEFAULTS = {"simple": {}, "rnnlm": {}, "better": dict(wordvec=650, hidden=650, layers=2, dropout=0.5, tie=True)}
 # settings that a resumed run may change; the rest are the checkpoint's
 RESUME_MAY_CHANGE = {"epochs", "lr", "max_grad", "lr_decay", "eval_interval"}
+
+
+# each module has register(subparsers, add_common_options), which adds its parser and sets
+# ``run`` (args -> exit status) as a default
+COMMAND_MODULES = ("sine",)
 
 
 class UsageError(Exception):
@@ -128,10 +134,8 @@ def build_parser():
     g.add_argument("--greedy", action="store_true", help="always take the most likely token")
     g.add_argument("--allow-unk", action="store_true", help="let <unk> be generated")
 
-    s = sub.add_parser("sine", help="d2l 9.1: fit a noisy sine, print k-step-ahead errors")
-    _common(s)
-    s.add_argument("--hidden", type=positive(int), default=16)
-    s.add_argument("--iterations", type=positive(int), default=400)
+    for name in COMMAND_MODULES:  # commands that live in a module of their own: register(sub, common)
+        importlib.import_module(f"{__package__}.{name}").register(sub, _common)
 
     from . import bench
 
@@ -299,13 +303,6 @@ def cmd_generate(args):
     return 0
 
 
-def cmd_sine(args):
-    from . import sine
-
-    sine.main(args.backend, args.hidden, args.iterations, args.seed)
-    return 0
-
-
 def _log(message):
     print(message, file=sys.stderr, flush=True)
 
@@ -323,7 +320,9 @@ def main(argv=None):
 
     try:
         args = build_parser().parse_args(argv)
-        command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "sine": cmd_sine}.get(args.command)
+        if hasattr(args, "run"):  # a command of its own module (COMMAND_MODULES)
+            return args.run(args)
+        command = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate}.get(args.command)
         if command is None:
             from . import bench
 

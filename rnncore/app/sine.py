@@ -10,6 +10,7 @@ import numpy as np
 from ..backends import get_backend
 from ..layers import TimeAffine, TimeMSELoss, TimeRNN
 from ..optim import Adam
+from .options import positive
 
 
 def noisy_sine(length=1000, noise=0.2, seed=0):
@@ -81,3 +82,17 @@ def main(backend=None, hidden=16, iterations=400, seed=0, out=print):
     for k, err in errors.items():
         out(f"{k:11d} | {err:.4f}")
     return errors
+
+
+def register(sub, common):
+    """The ``rnncore sine`` command."""
+    s = sub.add_parser("sine", help="d2l 9.1: fit a noisy sine, print k-step-ahead errors")
+    common(s)
+    s.add_argument("--hidden", type=positive(int), default=16)
+    s.add_argument("--iterations", type=positive(int), default=400)
+    s.set_defaults(run=_run)
+
+
+def _run(args):
+    main(args.backend, args.hidden, args.iterations, args.seed)
+    return 0
