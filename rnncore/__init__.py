@@ -6,6 +6,7 @@
 
 Importing rnncore imports neither numba nor cupy; a backend loads on first use.
 """
+from . import bptt, cells, optim
 from .backends import Backend, BackendNotAvailable, available_backends, get_backend, use
 from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
 from .models import BetterRnnlm, RecurrentLM, Rnnlm, SimpleRnnlm

@@ -83,13 +83,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs CuPy and a CUDA device"))
 
 
+CELL_KINDS = ["rnn", "lstm", "gru"]
+
+
+def layer_class(kind):
+    """The layer of a cell name: TimeRNN, TimeLSTM or TimeGRU."""
+    return rnncore.models.CELLS[kind]
+
+
 def random_params(rng, kind, D, H, dtype, scale=0.5):
-    """Wx, Wh, b for a TimeRNN ("rnn") or TimeLSTM ("lstm") as host arrays."""
-    G = H if kind == "rnn" else 4 * H
-    return [
-        (rng.standard_normal(shape) * scale).astype(dtype)
-        for shape in ((D, G), (H, G), (G,))
-    ]
+    """The parameters of a TimeRNN, TimeLSTM or TimeGRU ("rnn", "lstm", "gru") as host arrays:
+    Wx (D, G), Wh (H, G), then the bias b (G,), or the GRU's bx and bh."""
+    cell = layer_class(kind).cell
+    G = cell.gates * H
+    shapes = [(D, G), (H, G)] + [(G,)] * (len(cell.param_names) - 2)
+    return [(rng.standard_normal(shape) * scale).astype(dtype) for shape in shapes]
 
 
 def to_backend(backend, arrays):

@@ -1,7 +1,7 @@
 """Checkpointed (memory-efficient) BPTT: the same gradients as the plain pass, in less memory."""
 import numpy as np
 import pytest
-from conftest import random_params, to_backend
+from conftest import CELL_KINDS, layer_class, random_params, to_backend
 from gradcheck import assert_close_grad, numerical_grad
 
 import rnncore
@@ -10,18 +10,18 @@ from rnncore.models import RecurrentLM
 
 
 def layer(backend, kind, params, checkpoint=None):
-    cls = rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM
+    cls = layer_class(kind)
     return cls(*to_backend(backend, params), stateful=True, checkpoint=checkpoint, backend=backend)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("checkpoint", [1, 3, 7, 50])
 def test_layer_checkpointing_changes_nothing_but_memory(backend, kind, checkpoint):
     rng = np.random.default_rng(checkpoint)
     N, T, D, H = 3, 10, 4, 5
     params = random_params(rng, kind, D, H, np.float64)
     xs, dhs = (backend.asarray(rng.standard_normal(s)) for s in ((N, T, D), (N, T, H)))
-    states = to_backend(backend, [rng.standard_normal((N, H)) for _ in range(1 if kind == "rnn" else 2)])
+    states = to_backend(backend, [rng.standard_normal((N, H)) for _ in layer_class(kind).cell.states])
     incoming = to_backend(backend, [rng.standard_normal((N, H)) for _ in states])
     results = []
     for k in (None, checkpoint):
@@ -29,13 +29,13 @@ def test_layer_checkpointing_changes_nothing_but_memory(backend, kind, checkpoin
         lay.set_state(*states)
         hs = lay.forward(xs)
         dxs = lay.backward(dhs, *incoming)
-        outs = [hs, dxs, *lay.grads, lay.h, lay.dh] + ([lay.c, lay.dc] if kind == "lstm" else [])
+        outs = [hs, dxs, *lay.grads, lay.h, lay.dh] + ([lay.c, lay.dc] if "c" in lay.state_names else [])
         results.append([backend.to_numpy(o).copy() for o in outs])
     for plain, ckpt in zip(*results):
         np.testing.assert_allclose(ckpt, plain, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 def test_incoming_state_gradient_is_the_derivative(kind):
     """backward(dhs, dh_next, dc_next) is the gradient of sum(hs*w) + dh_next.h_T + dc_next.c_T."""
     be = rnncore.get_backend("numpy")
@@ -87,7 +87,7 @@ def model(backend, cell="lstm", **kw):
     return RecurrentLM(13, 6, 6, cell=cell, num_layers=2, backend=backend, dtype="float64", seed=2, **kw)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", CELL_KINDS)
 @pytest.mark.parametrize("segment", [1, 6, 37])
 def test_checkpointed_pass_equals_full_bptt(backend, cell, segment):
     rng = np.random.default_rng(segment)

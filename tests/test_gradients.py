@@ -3,7 +3,7 @@ import zlib
 
 import numpy as np
 import pytest
-from conftest import random_params, to_backend
+from conftest import CELL_KINDS, layer_class, random_params, to_backend
 from gradcheck import assert_close_grad, numerical_grad
 
 import rnncore
@@ -16,12 +16,12 @@ def weighted_sum(out, weights):
     return (out * weights).sum()
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_recurrent_layer_gradients(backend, kind, shape):
     N, T, D, H = shape
     rng = np.random.default_rng(zlib.crc32(repr((kind, shape)).encode()))
-    cls = rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM
+    cls = layer_class(kind)
     layer = cls(*to_backend(backend, random_params(rng, kind, D, H, np.float64)), stateful=True, backend=backend)
     xs, weights = to_backend(backend, [rng.standard_normal((N, T, D)), rng.standard_normal((N, T, H))])
     states = to_backend(backend, [rng.standard_normal((N, H)) for _ in layer.state_names])
@@ -34,7 +34,7 @@ def test_recurrent_layer_gradients(backend, kind, shape):
     dxs = layer.backward(weights)
     analytic = [backend.to_numpy(g).copy() for g in layer.grads]
     analytic += [backend.to_numpy(dxs), backend.to_numpy(layer.dh)]
-    if kind == "lstm":
+    if "c" in layer.state_names:
         analytic.append(backend.to_numpy(layer.dc))
     targets = list(layer.params) + [xs] + states
     names = list(layer.param_names) + ["xs"] + [f"{s}0" for s in layer.state_names]

@@ -77,7 +77,7 @@ def test_build_model_from_config():
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(cell="gru"), "cell must be one of rnn, lstm"),
+    (dict(cell="transformer"), "cell must be one of rnn, lstm, gru"),
     (dict(tie_weights=True, hidden_size=5), "tie_weights needs wordvec_size == hidden_size"),
     (dict(num_layers=0), "at least 1"),
 ])

@@ -158,3 +158,45 @@ def test_numba_cache_is_dropped_when_a_kernel_source_changes():
     _kernels._drop_stale_numba_cache(module)
     assert index._load_index() == {}
     assert marker.read_text() == _kernels._numba_sources_digest()
+
+
+def test_every_backend_satisfies_the_seam(backend):
+    """Every backend (and the emulated CUDA one) has each method of BackendProtocol with its
+    parameters in order, and its own recurrence and training kernels (not the base class's)."""
+    import inspect
+
+    from rnncore.backends.base import Backend, BackendProtocol
+
+    assert isinstance(backend, BackendProtocol)
+    for name, spec in vars(BackendProtocol).items():
+        if callable(spec) and not name.startswith("_"):
+            ours = inspect.signature(getattr(type(backend), name))
+            assert list(ours.parameters) == list(inspect.signature(spec).parameters), name
+    for name in ("recurrence_forward", "recurrence_backward", "embedding_scatter_add", "softmax_cross_entropy"):
+        assert getattr(type(backend), name) is not getattr(Backend, name), f"{backend.name} lacks {name}"
+
+
+def test_the_core_never_imports_the_application():
+    """Imports point one way: rnncore.app uses the core; no core module imports rnncore.app."""
+    import ast
+
+    root = REPO / "rnncore"
+    for path in root.rglob("*.py"):
+        package = ["rnncore", *path.relative_to(root).parent.parts]
+        if "app" in package:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):  # resolve ``from ..x import y`` against the file's package
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                targets = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            assert not any(t == "rnncore.app" or t.startswith("rnncore.app.") for t in targets), \
+                f"{path.relative_to(REPO)} imports the app"
+    out = subprocess.run([sys.executable, "-c", "import sys, rnncore, rnncore.layers, rnncore.models, rnncore.bptt; "
+                          "print(sorted(m for m in sys.modules if m.startswith('rnncore.app')))"],
+                         capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"

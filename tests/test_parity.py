@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import random_params, to_backend
+from conftest import CELL_KINDS, layer_class, random_params, to_backend
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -18,13 +18,12 @@ def rel_err(a, b):
 
 
 def run_recurrent(backend, kind, params, xs, dhs, h0):
-    cls = rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM
-    layer = cls(*to_backend(backend, params), stateful=True, backend=backend)
+    layer = layer_class(kind)(*to_backend(backend, params), stateful=True, backend=backend)
     layer.set_state(*to_backend(backend, h0))
     hs = layer.forward(backend.asarray(xs))
     dxs = layer.backward(backend.asarray(dhs))
     outs = [hs, dxs, *layer.grads, layer.h, layer.dh]
-    if kind == "lstm":
+    if "c" in layer.state_names:
         outs += [layer.c, layer.dc]
     return [backend.to_numpy(o) for o in outs]
 
@@ -35,7 +34,7 @@ def _float64(params, xs, dhs, states):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 def test_recurrent_matches_numpy(other_backend, kind, dtype):
     @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
     @given(N=dims, T=dims, D=dims, H=st.integers(1, 40), seed=st.integers(0, 2**31))
@@ -43,7 +42,7 @@ def test_recurrent_matches_numpy(other_backend, kind, dtype):
         rng = np.random.default_rng(seed)
         params = random_params(rng, kind, D, H, dtype)
         xs, dhs = (rng.standard_normal(s).astype(dtype) for s in ((N, T, D), (N, T, H)))
-        states = [rng.standard_normal((N, H)).astype(dtype) for _ in range(1 if kind == "rnn" else 2)]
+        states = [rng.standard_normal((N, H)).astype(dtype) for _ in layer_class(kind).cell.states]
         numpy = rnncore.get_backend("numpy")
         expected = run_recurrent(numpy, kind, params, xs, dhs, states)
         got = run_recurrent(other_backend, kind, params, xs, dhs, states)
@@ -181,7 +180,7 @@ def test_softmax_survives_extreme_scores(backend, dtype):
     np.testing.assert_allclose(backend.to_numpy(d), ref_d, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("N, H", [(37, 45), (1, 33), (17, 3)])
 def test_fused_steps_on_row_and_unit_edges(kind, N, H):
     """More rows than a lane keeps in registers (16), units that do not fill the last block."""
@@ -191,14 +190,14 @@ def test_fused_steps_on_row_and_unit_edges(kind, N, H):
     rng = np.random.default_rng(N * H)
     params = random_params(rng, kind, 5, H, np.float64)
     xs, dhs = (rng.standard_normal(s) for s in ((N, 4, 5), (N, 4, H)))
-    states = [rng.standard_normal((N, H)) for _ in range(1 if kind == "rnn" else 2)]
+    states = [rng.standard_normal((N, H)) for _ in layer_class(kind).cell.states]
     expected = run_recurrent(rnncore.get_backend("numpy"), kind, params, xs, dhs, states)
     got = run_recurrent(be, kind, params, xs, dhs, states)
     for e, g in zip(expected, got):
         assert rel_err(e, g) <= 1e-12
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("checkpoint", [None, 2])
 def test_backward_reads_the_upstream_gradient_in_any_layout(backend, kind, checkpoint):
     """dhs batch-major (as a user passes it), as the transpose of a time-major array (as the
@@ -212,11 +211,11 @@ def test_backward_reads_the_upstream_gradient_in_any_layout(backend, kind, check
                "strided": np.repeat(dhs, 2, axis=2)[:, :, ::2]}
     results = {}
     for name, d in layouts.items():
-        layer = (rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM)(*to_backend(backend, params),
+        layer = layer_class(kind)(*to_backend(backend, params),
                                                                          checkpoint=checkpoint, backend=backend)
         layer.forward(backend.asarray(xs))
         dxs = layer.backward(backend.asarray(d))
-        extra = [layer.dc] if kind == "lstm" else []
+        extra = [layer.dc] if "c" in layer.state_names else []
         results[name] = [backend.to_numpy(a) for a in (dxs, *layer.grads, layer.dh, *extra)]
     for name in ("time-major", "strided"):
         for k, (want, got) in enumerate(zip(results["batch-major"], results[name])):

@@ -1,18 +1,18 @@
 """Stateful truncated BPTT: chunked forwards equal one long forward; backward stops at the chunk."""
 import numpy as np
 import pytest
-from conftest import random_params, to_backend
+from conftest import CELL_KINDS, layer_class, random_params, to_backend
 from gradcheck import assert_close_grad, numerical_grad
 
 import rnncore
 
 
 def make(backend, kind, params, stateful):
-    cls = rnncore.TimeRNN if kind == "rnn" else rnncore.TimeLSTM
+    cls = layer_class(kind)
     return cls(*to_backend(backend, params), stateful=stateful, backend=backend)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("chunks", [[12], [4, 4, 4], [1, 5, 6], [1] * 12])
 def test_chunks_give_the_same_outputs(backend, kind, chunks):
     rng = np.random.default_rng(len(chunks))
@@ -28,7 +28,7 @@ def test_chunks_give_the_same_outputs(backend, kind, chunks):
     np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+@pytest.mark.parametrize("kind", CELL_KINDS)
 def test_backward_stops_at_the_chunk_boundary(backend, kind):
     """The gradient of chunk 2 treats the state carried from chunk 1 as a constant."""
     rng = np.random.default_rng(9)
