@@ -1,5 +1,5 @@
-"""BPTT over a whole token stream: truncated (regular or randomized), and full BPTT with
-checkpointing, for a ``RecurrentLM``.
+"""BPTT over a whole token stream for a ``RecurrentLM``: truncated (chunks of fixed or random
+length), randomized truncation (unbiased, d2l 9.7), and full BPTT with checkpointing.
 
 Every pass returns the mean loss over the stream and gradients of that mean, summed
 into fresh arrays, so passes with different truncations compare directly.
@@ -19,9 +19,10 @@ def regular_lengths(L, T):
     return [min(T, L - t0) for t0 in range(0, L, T)]
 
 
-def randomized_lengths(L, T, seed=0):
-    """Chunk lengths drawn uniformly from [ceil(T/2), floor(3T/2)], mean T (d2l 9.7's randomized
-    truncation: the cut points vary, so no step is always the first of a chunk)."""
+def random_lengths(L, T, seed=0):
+    """Chunk lengths drawn uniformly from [ceil(T/2), floor(3T/2)], mean T: the cut points vary,
+    so no step is always the first of a chunk. Still truncation: its gradient is biased like
+    regular truncation's (``randomized_pass`` is the unbiased scheme)."""
     rng = np.random.default_rng(seed)
     lo, hi = max(1, (T + 1) // 2), max(1, 3 * T // 2)
     lengths, total = [], 0
@@ -30,6 +31,27 @@ def randomized_lengths(L, T, seed=0):
         lengths.append(n)
         total += n
     return lengths
+
+
+def randomized_scale(L, T, seed=0):
+    """The per-step weights xi_t of randomized truncation (d2l 9.7, after Tallec & Ollivier 2017):
+    xi_t = 1/pi with probability pi, else 0, so E[xi_t] = 1. A step's gradient then reaches back
+    k steps with probability pi^k; pi = 1 - 1/T makes that reach geometric with mean T - 1 links,
+    the steps of a chunk of T on average. T = 1 gives pi = 0: every xi is 0 (truncation at each step)."""
+    pi = 1.0 - 1.0 / T
+    keep = np.random.default_rng(seed).random(L) < pi
+    return np.where(keep, 1.0 / pi if pi > 0 else 0.0, 0.0)
+
+
+def randomized_pass(model, xs, ts, T, seed=0):
+    """Randomized truncation: one pass over the whole stream in which the gradient each step sends
+    back to the step before it is multiplied by xi_t (``randomized_scale``). Its expectation over
+    seeds is full BPTT's gradient (unbiased), at the price of variance that grows with T;
+    truncation at T (``truncated_pass``) is biased instead. Memory is full BPTT's over the stream."""
+    model.reset_state()
+    loss = model.forward(xs, ts)
+    model.backward(1, scale=randomized_scale(xs.shape[1], T, seed))
+    return loss, [g.copy() for g in model.grads]
 
 
 def truncated_pass(model, xs, ts, lengths):

@@ -374,9 +374,11 @@ class Recurrent(Layer):
             setattr(self, name, value.copy())
         return batch_major(hs)
 
-    def backward(self, dhs, dh_next=None, dc_next=None):
+    def backward(self, dhs, dh_next=None, dc_next=None, scale=None):
         """dhs (N, T, H) -> dxs (N, T, D). ``dh_next``/``dc_next`` (N, H): gradients reaching the
-        last state from beyond this chunk (None: truncated here). Leaves ``dh`` (``dc``)."""
+        last state from beyond this chunk (None: truncated here). Leaves ``dh`` (``dc``).
+        ``scale`` (T,) numbers: the gradient step t sends to the states before it is multiplied
+        by scale[t] (randomized truncation; ``rnncore.bptt.randomized_pass``)."""
         x_tm, starts, hs, kept, seg = self._forward_cache()
         T, N, D = x_tm.shape
         self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
@@ -386,6 +388,7 @@ class Recurrent(Layer):
         for name, g in zip(("dh_next", "dc_next"), grads):
             if g is not None:
                 self._check_state(self._where("backward"), name, g, N)
+        scale = self._step_scale(scale, T)
         self._cache = None
         d_tm = dhs.transpose(1, 0, 2)  # a view: backends read it as it lies, or copy it themselves
         dx = None if seg == T else self.xp.empty((T, N, D), dtype=self.dtype)
@@ -394,7 +397,8 @@ class Recurrent(Layer):
             states = starts if k == 0 else self._segment_start(kept[k], hs, t0)
             gates, saved = self._held_or_recomputed(kept[k], x_tm[t0:t1], hs[t0:t1], states)
             dxw, dhw, grads = self.backend.recurrence_backward(self.cell, d_tm[t0:t1], hs[t0:t1], gates, saved,
-                                                               states, self.params[1], grads)
+                                                               states, self.params[1], grads,
+                                                               None if scale is None else scale[t0:t1])
             dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, dhw, accumulate=t1 < T)
             if dx is None:
                 dx = dx_seg
@@ -403,6 +407,21 @@ class Recurrent(Layer):
         for name, g in zip(self.cell.states, grads):
             setattr(self, "d" + name, g)
         return batch_major(dx)
+
+    def _step_scale(self, scale, T):
+        """``scale`` as a (T,) float64 host array of finite numbers, or None."""
+        if scale is None:
+            return None
+        where = self._where("backward")
+        if self.backend.owns(scale) and not isinstance(scale, np.ndarray):
+            raise TypeError(f"{where}: scale must be host numbers (a list or NumPy array), not a device array")
+        try:
+            values = np.asarray(scale, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: scale must be numbers, got {type(scale).__name__}") from None
+        if values.shape != (T,) or not np.isfinite(values).all():
+            raise ValueError(f"{where}: scale must be {T} finite numbers (one per step), got shape {values.shape}")
+        return values
 
     @staticmethod
     def _segment_start(held, hs, t0):

@@ -97,13 +97,19 @@ class RecurrentLM:
     def forward(self, xs, ts):
         return self.loss_layer.forward(self.predict(xs, train=True), ts)
 
-    def backward(self, dout=1, state_grads=None):
+    def backward(self, dout=1, state_grads=None, scale=None):
         """Fill ``grads``. ``state_grads``: per recurrent layer, the gradients reaching its last
-        state from beyond this chunk, ``(dh, dc)`` (None: truncated BPTT, the usual case)."""
+        state from beyond this chunk, ``(dh, dc)`` (None: truncated BPTT, the usual case).
+        ``scale``: per step, a factor on the gradient each recurrent layer's step t sends back to
+        step t-1 (randomized truncation, ``bptt.randomized_pass``)."""
         d = self.loss_layer.backward(dout)
         incoming = dict(zip(map(id, self.rnn_layers), state_grads or []))
         for layer in reversed(self.layers):
-            d = layer.backward(d, *(incoming.get(id(layer)) or ())) if id(layer) in incoming else layer.backward(d)
+            if id(layer) in incoming or (scale is not None and layer in self.rnn_layers):
+                d = layer.backward(d, *(incoming.get(id(layer)) or (None, None))[: len(layer.state_names)],
+                                   scale=scale)
+            else:
+                d = layer.backward(d)
         if self.config["tie_weights"]:
             self.embed.grads[0] += self.affine.grads[0].T
         return d

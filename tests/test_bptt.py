@@ -132,7 +132,51 @@ def test_truncated_pass_with_one_chunk_is_a_plain_step():
 
 def test_truncation_lengths():
     assert bptt.regular_lengths(10, 4) == [4, 4, 2]
-    lengths = bptt.randomized_lengths(10_000, 20, seed=3)
+    lengths = bptt.random_lengths(10_000, 20, seed=3)
     assert sum(lengths) == 10_000 and min(lengths) >= 1 and max(lengths) <= 30
     assert abs(np.mean(lengths) - 20) < 1
     assert len(set(lengths)) > 5
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])  # the GRU's scaled backward: test_gradients.py
+def test_randomized_truncation_is_unbiased(cell):
+    """Averaged over draws, randomized truncation's gradient converges to full BPTT's (its error
+    shrinks like 1/sqrt(draws)) and ends below regular truncation's bias at the same mean reach."""
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(11)
+    L, T = 16, 4
+    xs, ts = (be.asarray(rng.integers(0, 13, size=(2, L))) for _ in range(2))
+    m = RecurrentLM(13, 6, 6, cell=cell, backend=be, dtype="float64", seed=5)
+    for layer in m.rnn_layers:  # recurrent weights that carry the gradient a long way
+        layer.params[1][...] *= 4
+    full = np.concatenate([g.ravel() for g in bptt.truncated_pass(m, xs, ts, [L])[1]])
+    truncated = np.concatenate([g.ravel() for g in bptt.truncated_pass(m, xs, ts, bptt.regular_lengths(L, T))[1]])
+
+    def error(draws):
+        total = sum(np.concatenate([g.ravel() for g in bptt.randomized_pass(m, xs, ts, T, seed)[1]])
+                    for seed in range(draws))
+        return np.linalg.norm(total / draws - full) / np.linalg.norm(full)
+
+    bias = np.linalg.norm(truncated - full) / np.linalg.norm(full)
+    few, many = error(40), error(640)
+    assert many < few / 2  # 1/sqrt(draws) predicts a ratio of 1/4
+    assert many < bias / 2, (many, bias)
+
+
+def test_randomized_scale_has_mean_one_and_reach_T():
+    xi = bptt.randomized_scale(200_000, 8, seed=1)
+    assert set(np.unique(xi)) == {0.0, 8 / 7}
+    assert abs(xi.mean() - 1) < 0.01
+    cuts = np.flatnonzero(xi == 0)
+    assert abs(np.diff(cuts).mean() - 8) < 0.1  # the gradient's reach between two cuts: T on average
+    assert (bptt.randomized_scale(10, 1) == 0).all()
+
+
+def test_scale_is_checked(backend):
+    layer = rnncore.TimeRNN(*to_backend(backend, random_params(np.random.default_rng(0), "rnn", 2, 3, np.float64)),
+                            backend=backend)
+    xs = backend.asarray(np.ones((1, 4, 2)))
+    for bad, error in (([1.0] * 3, ValueError), ([1.0, np.nan, 1, 1], ValueError), ("abcd", TypeError)):
+        layer.forward(xs)
+        with pytest.raises(error, match="scale"):
+            layer.backward(backend.asarray(np.ones((1, 4, 3))), scale=bad)

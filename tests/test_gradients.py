@@ -188,3 +188,43 @@ def test_mse_loss_gradient(backend):
     dys = backend.to_numpy(layer.backward(1.5)) / 1.5
     assert_close_grad(numerical_grad(lambda: layer.forward(ys, ts), ys, backend), dys, "mse dys")
     assert float(layer.forward(ts, ts)) == 0.0
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+def test_scaled_backward_is_the_gradient_of_the_mixed_recurrence(backend, kind):
+    """``backward(..., scale=s)`` (randomized truncation) is the exact gradient of the recurrence in
+    which step t reads s_t * state_{t-1} + (1 - s_t) * (state_{t-1} held at its current value):
+    same values, gradient through the state scaled by s_t. Checked by finite differences of that
+    recurrence, run step by step, for every parameter, the input and the start states."""
+    N, T, D, H = 2, 5, 3, 4
+    rng = np.random.default_rng(zlib.crc32(kind.encode()))
+    layer = layer_class(kind)(*to_backend(backend, random_params(rng, kind, D, H, np.float64)), backend=backend)
+    xs, weights = to_backend(backend, [rng.standard_normal((N, T, D)), rng.standard_normal((N, T, H))])
+    states = to_backend(backend, [rng.standard_normal((N, H)) for _ in layer.state_names])
+    scale = np.array([0.0, 2.5, 1.0, 0.0, 1.7])
+
+    def run(held=None):
+        """The loss, and the states entering each step (to hold them fixed later)."""
+        current, entering, total = list(states), [], 0.0
+        for t in range(T):
+            entering.append([s.copy() for s in current])
+            mixed = current if held is None else [scale[t] * s + (1 - scale[t]) * h for s, h in zip(current, held[t])]
+            layer.set_state(*mixed)
+            total = total + weighted_sum(layer.forward(xs[:, t : t + 1]), weights[:, t : t + 1])
+            current = [getattr(layer, s) for s in layer.state_names]
+        return total, entering
+
+    _, held = run()
+    layer.set_state(*states)
+    layer.forward(xs)
+    dxs = layer.backward(weights, scale=scale)
+    analytic = [backend.to_numpy(g).copy() for g in layer.grads]
+    analytic += [backend.to_numpy(dxs)] + [backend.to_numpy(getattr(layer, "d" + s)) for s in layer.state_names]
+    targets = list(layer.params) + [xs] + states
+    names = list(layer.param_names) + ["xs"] + [f"{s}0" for s in layer.state_names]
+    for name, target, grad in zip(names, targets, analytic):
+        if name.endswith("0"):  # the start state enters step 0 mixed too: its gradient is scaled by s_0
+            numeric = scale[0] * numerical_grad(lambda: run()[0], target, backend)
+        else:
+            numeric = numerical_grad(lambda: run(held)[0], target, backend)
+        assert_close_grad(numeric, grad, f"{kind} d{name}")

@@ -17,7 +17,7 @@ loop, so a backend runs only the recurrence, one driver for every cell:
         saved    tuple of new (T, N, H) arrays named by ``cell.saved`` (LSTM: cs; GRU: hn).
         The states after the last step are ``cell.last_states(hs, saved)``.
 
-    recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None)
+    recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None)
             -> (dxw, dhw, dstates0)
         dhs        (T, N, H) upstream gradient, any strided view (typically the transpose of a
                    layer's batch-major gradient); read only; a backend copies it only if its
@@ -27,6 +27,10 @@ loop, so a backend runs only the recurrence, one driver for every cell:
                    the layer still needs: it is not written).
         dstates_T  list (one per state) of (N, H) or None: gradients reaching the last states
                    from later steps (None: zero). Read only.
+        scale      None, or (T,) host float64 array: the gradient step t sends back to the states
+                   before it (h_{t-1} through Wh and any bypass, c_{t-1}) is multiplied by
+                   scale[t] (randomized truncation, d2l 9.7: ``bptt.randomized_pass``). scale[0]
+                   scales what reaches the start states.
         dhw        (T, N, G): gradient of the recurrent pre-activations h_{t-1} Wh (+ bh):
                    dWh = [h_{t-1}]^T dhw and dbh = 1^T dhw follow from it.
         dxw        (T, N, G) C order: gradient of xw: dWx = x^T dxw, db(x) = 1^T dxw, dx = dxw Wx^T.
@@ -167,7 +171,7 @@ class Backend:
     def recurrence_forward(self, cell, xw, states0, Wh, bh=None):
         raise NotImplementedError
 
-    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None):
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None):
         raise NotImplementedError
 
     def embedding_scatter_add(self, dW, ids, dout):
@@ -201,6 +205,6 @@ class BackendProtocol(Protocol):
     def dropout_mask(self, shape, ratio, dtype): ...
     def peak_memory(self): ...
     def recurrence_forward(self, cell, xw, states0, Wh, bh=None): ...
-    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None): ...
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None): ...
     def embedding_scatter_add(self, dW, ids, dout): ...
     def softmax_cross_entropy(self, scores, labels): ...

@@ -35,7 +35,7 @@ class NumpyBackend(Backend):
             states = cells.forward_step(cell, xw[t], rec, states, t, hs, saved)
         return hs, xw, saved
 
-    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None):
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None):
         dstates_T = dstates_T or [None] * len(cell.states)
         dh, *others = (self.initial_grad(g, s) for g, s in zip(dstates_T, states0))
         # C order: empty_like would copy a view's layout
@@ -47,6 +47,8 @@ class NumpyBackend(Backend):
             dh = rows_times(dhw_t, Wh)  # dhw_t @ Wh.T
             if bypass is not None:
                 dh = dh + bypass
+            if scale is not None:
+                dh, others = dh * dh.dtype.type(scale[t]), [o * o.dtype.type(scale[t]) for o in others]
         return dxw, dxw if cell.gates_are_h else gates, [np.ascontiguousarray(dh), *others]
 
     def embedding_scatter_add(self, dW, ids, dout):
