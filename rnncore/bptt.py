@@ -11,7 +11,11 @@ feeds the gradient of its last state into it (``model.backward(state_grads=...)`
 With ``segment`` ~ sqrt(L) that is sqrt(L) saved states plus one segment of activations,
 for one extra forward pass (about a third more time).
 """
+import contextlib
+
 import numpy as np
+
+from .checks import expect_ids, trusted_ids
 
 
 def regular_lengths(L, T):
@@ -49,7 +53,8 @@ def randomized_pass(model, xs, ts, T, seed=0):
     seeds is full BPTT's gradient (unbiased), at the price of variance that grows with T;
     truncation at T (``truncated_pass``) is biased instead. Memory is full BPTT's over the stream."""
     model.reset_state()
-    loss = model.forward(xs, ts)
+    with _ids_checked_once(model, xs, ts):
+        loss = model.forward(xs, ts)
     model.backward(1, scale=randomized_scale(xs.shape[1], T, seed))
     return loss, [g.copy() for g in model.grads]
 
@@ -60,20 +65,27 @@ def truncated_pass(model, xs, ts, lengths):
     grads = [be.xp.zeros_like(g) for g in model.grads]
     model.reset_state()
     loss, t0 = 0.0, 0
-    for T in lengths:
-        weight = T / L  # the chunk's share of the stream's mean loss
-        loss = loss + weight * model.forward(xs[:, t0 : t0 + T], ts[:, t0 : t0 + T])
-        model.backward(weight)
-        _add(be, grads, model.grads)
-        t0 += T
+    with _ids_checked_once(model, xs, ts):
+        for T in lengths:
+            weight = T / L  # the chunk's share of the stream's mean loss
+            loss = loss + weight * model.forward(xs[:, t0 : t0 + T], ts[:, t0 : t0 + T])
+            model.backward(weight)
+            _add(be, grads, model.grads)
+            t0 += T
     return loss, grads
 
 
 def checkpointed_pass(model, xs, ts, segment):
     """Full BPTT over the stream, keeping only every ``segment``-th recurrent state."""
-    be, L = model.backend, xs.shape[1]
+    L = xs.shape[1]
     bounds = [(t0, min(t0 + segment, L)) for t0 in range(0, L, segment)]
     model.reset_state()
+    with _ids_checked_once(model, xs, ts):
+        return _checkpointed(model, xs, ts, bounds)
+
+
+def _checkpointed(model, xs, ts, bounds):
+    be, L = model.backend, xs.shape[1]
     starts, rng_states, loss = [], [], 0.0
     for t0, t1 in bounds:
         starts.append(_copy_states(model))
@@ -90,6 +102,17 @@ def checkpointed_pass(model, xs, ts, segment):
         state_grads = [(r.dh, getattr(r, "dc", None)) for r in model.rnn_layers]
         _add(be, grads, model.grads)
     return loss, grads
+
+
+@contextlib.contextmanager
+def _ids_checked_once(model, xs, ts):
+    """Check the whole stream's ids once, then run its chunks without checking them again: on a
+    GPU each check reads the range back, a device sync per chunk in what is being timed."""
+    V = model.config["vocab_size"]
+    expect_ids("bptt", "xs", xs, 0, V)
+    expect_ids("bptt", "ts", ts, -1, V)
+    with trusted_ids():
+        yield
 
 
 def _add(be, total, grads):
