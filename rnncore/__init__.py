@@ -14,6 +14,9 @@ from .models import BetterRnnlm, RecurrentLM, Rnnlm, SimpleRnnlm
 __version__ = "0.1.0"
 
 __all__ = [
+    "bptt",
+    "cells",
+    "optim",
     "Backend",
     "BetterRnnlm",
     "RecurrentLM",

@@ -4,7 +4,6 @@ import pytest
 from conftest import CELL_KINDS, layer_class, random_params, to_backend
 from gradcheck import assert_close_grad, numerical_grad
 
-import rnncore
 
 
 def make(backend, kind, params, stateful):
