@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("RNNCORE_TEST_DATA", REPO.parent / "shared" / "data"))
 
 HAS_NUMBA = importlib.util.find_spec("numba") is not None
-HAS_GPU = "cupy" in rnncore.available_backends()
+HAS_GPU, NO_GPU_REASON = rnncore.backends.cuda_status()
+# RNNCORE_REQUIRE_GPU=1 (the GPU scripts set it): a GPU test that cannot run fails, naming why
+REQUIRE_GPU = os.environ.get("RNNCORE_REQUIRE_GPU") == "1"
 _made = {}
 
 
@@ -54,7 +56,7 @@ def backend_by_name(name):
             pytest.skip("g++ is needed to run the CUDA kernels on the CPU")
         return emulated_cupy("fused" if name.endswith("fused") else "cublas")
     if name.startswith("cupy") and not HAS_GPU:
-        pytest.skip("needs CuPy and a CUDA device")
+        skip_without_gpu()
     if name == "cupy-fused":
         return real_cupy("fused")
     return rnncore.get_backend(name)
@@ -77,10 +79,17 @@ def other_backend(request):
     return backend_by_name(request.param)
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if "gpu" in item.keywords and not HAS_GPU:
-            item.add_marker(pytest.mark.skip(reason="needs CuPy and a CUDA device"))
+def skip_without_gpu():
+    """Skip (or, with RNNCORE_REQUIRE_GPU=1, fail) a test that needs the GPU, saying why it cannot run."""
+    if REQUIRE_GPU:
+        pytest.fail(f"RNNCORE_REQUIRE_GPU=1 but the GPU cannot be used: {NO_GPU_REASON}")
+    pytest.skip(f"needs CuPy and a CUDA device: {NO_GPU_REASON}")
+
+
+@pytest.fixture(autouse=True)
+def _gpu_marker(request):
+    if request.node.get_closest_marker("gpu") and not HAS_GPU:
+        skip_without_gpu()
 
 
 CELL_KINDS = ["rnn", "lstm", "gru"]

@@ -200,3 +200,37 @@ def test_the_core_never_imports_the_application():
                           "print(sorted(m for m in sys.modules if m.startswith('rnncore.app')))"],
                          capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present")
+def test_required_gpu_turns_the_skip_into_a_failure_naming_why():
+    env = {**os.environ, "RNNCORE_REQUIRE_GPU": "1"}
+    test = "tests/test_gpu.py"
+    out = subprocess.run([sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider"], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, out.stdout[-2000:]
+    assert "RNNCORE_REQUIRE_GPU=1 but the GPU cannot be used: CuPy is not installed" in out.stdout
+    plain = subprocess.run([sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-rs"], cwd=REPO,
+                           capture_output=True, text=True, timeout=600,
+                           env={k: v for k, v in os.environ.items() if k != "RNNCORE_REQUIRE_GPU"})
+    assert plain.returncode == 0 and "needs CuPy and a CUDA device: CuPy is not installed" in plain.stdout
+
+
+def test_cuda_status_names_what_is_missing(monkeypatch):
+    """A device whose libraries fail to load is not 'no GPU': the reason names the install."""
+    import types
+
+    from rnncore import backends
+
+    broken = types.SimpleNamespace(
+        cuda=types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: 1)),
+        float32="float32",
+        ones=lambda *a, **k: (_ for _ in ()).throw(RuntimeError("CuPy failed to load libnvrtc.so.13")))
+    monkeypatch.setitem(sys.modules, "cupy", broken)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    backends.cuda_status.cache_clear()
+    try:
+        ok, why = backends.cuda_status()
+    finally:
+        backends.cuda_status.cache_clear()
+    assert not ok and "libnvrtc" in why and "rnncore[cuda13]" in why

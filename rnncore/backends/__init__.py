@@ -5,6 +5,7 @@ block, then the ``RNNCORE_BACKEND`` environment variable, then ``auto`` (cupy if
 device answers, else numba if it imports, else numpy).
 """
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -95,14 +96,31 @@ def _numba_installed():
 
 
 def _cuda_device_answers():
+    return cuda_status()[0]
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status():
+    """(True, "") if CuPy can run here, else (False, why): CuPy not installed, no device, or a
+    device whose libraries do not load. Only the first two mean "no GPU here"; the third is a
+    broken install (``cupy-cuda13x`` alone brings neither NVRTC nor cuBLAS/cuRAND: they come with
+    the ``[ctk]`` extra or a CUDA toolkit), and the reason says so."""
     if importlib.util.find_spec("cupy") is None:
-        return False
+        return False, "CuPy is not installed"
     try:
         import cupy
 
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # no driver, no device, broken install: all mean "not here"
-        return False
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False, "CuPy is installed but no CUDA device answers"
+    except Exception as exc:  # no driver, no device
+        return False, f"CuPy is installed but no CUDA device answers ({type(exc).__name__}: {exc})"
+    try:  # what the backend needs besides the driver: NVRTC (its kernels), cuBLAS, cuRAND
+        x = cupy.ones((2, 2), dtype=cupy.float32)
+        float((x @ x).sum() + cupy.random.default_rng(0).random(1, dtype=cupy.float32).sum())
+    except Exception as exc:
+        return False, (f"a CUDA device answers but CuPy cannot run on it ({type(exc).__name__}: {exc}); "
+                       "install the CUDA libraries: pip install 'rnncore[cuda13]' (or [cuda12])")
+    return True, ""
 
 
 def _create(name):
@@ -118,4 +136,5 @@ def _create(name):
         ) from exc
 
 
-__all__ = ["Backend", "BackendError", "BackendNotAvailable", "NAMES", "available_backends", "get_backend", "use"]
+__all__ = ["Backend", "BackendError", "BackendNotAvailable", "NAMES", "available_backends", "cuda_status",
+           "get_backend", "use"]
