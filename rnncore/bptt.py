@@ -86,17 +86,16 @@ def checkpointed_pass(model, xs, ts, segment):
 
 def _checkpointed(model, xs, ts, bounds):
     be, L = model.backend, xs.shape[1]
-    starts, rng_states, loss = [], [], 0.0
+    starts, loss = [], 0.0
     for t0, t1 in bounds:
-        starts.append(_copy_states(model))
-        rng_states.append(_rng_state(be))
+        starts.append(model.snapshot())
         loss = loss + (t1 - t0) / L * model.forward(xs[:, t0:t1], ts[:, t0:t1])
     grads = [be.xp.zeros_like(g) for g in model.grads]
     state_grads = None
     for k in reversed(range(len(bounds))):
         t0, t1 = bounds[k]
         if k < len(bounds) - 1:  # the last segment's activations are still cached
-            _restore(model, starts[k], rng_states[k])
+            model.restore(starts[k])
             model.forward(xs[:, t0:t1], ts[:, t0:t1])
         model.backward((t1 - t0) / L, state_grads=state_grads)
         state_grads = [(r.dh, getattr(r, "dc", None)) for r in model.rnn_layers]
@@ -118,27 +117,3 @@ def _ids_checked_once(model, xs, ts):
 def _add(be, total, grads):
     for t, g in zip(total, grads):
         be.axpy_(1.0, g, t)
-
-
-def _copy_states(model):
-    return [[None if getattr(r, s) is None else getattr(r, s).copy() for s in r.state_names]
-            for r in model.rnn_layers]
-
-
-def _rng_state(be):
-    """NumPy's generator state (a dict); None where the backend's generator cannot be restored."""
-    state = getattr(getattr(be.rng, "bit_generator", None), "state", None)
-    return state if isinstance(state, dict) else None
-
-
-def _restore(model, states, rng_state):
-    for rnn, st in zip(model.rnn_layers, states):
-        if st[0] is None:
-            rnn.reset_state()
-        else:
-            rnn.set_state(*st)
-    if rng_state is not None:
-        model.backend.rng.bit_generator.state = rng_state
-    elif model.dropouts and any(d.ratio for d in model.dropouts):
-        raise ValueError(f"checkpointed_pass with dropout needs a generator whose state can be restored; the "
-                         f"{model.backend.name} backend's cannot, so recomputed masks would differ")

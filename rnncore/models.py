@@ -119,6 +119,23 @@ class RecurrentLM:
             rnn.reset_state()
 
     # recurrent state, for checkpoints that resume mid-stream --------------------
+    def snapshot(self):
+        """Copies of each recurrent layer's carried states and the backend's generator state:
+        ``restore`` puts both back, so a recomputed or resumed forward repeats exactly (dropout
+        masks included). The generator's state is None where the backend cannot read it back."""
+        states = [[None if getattr(r, s) is None else getattr(r, s).copy() for s in r.state_names]
+                  for r in self.rnn_layers]
+        return states, self.backend.rng_state()
+
+    def restore(self, snapshot):
+        states, rng_state = snapshot
+        self.set_state(states)
+        if rng_state is not None:
+            self.backend.set_rng_state(rng_state)
+        elif self.dropouts and any(d.ratio for d in self.dropouts):
+            raise ValueError(f"the {self.backend.name} backend cannot restore its generator, so the dropout "
+                             "masks of a repeated forward would differ")
+
     def get_state(self):
         """Host copies of each recurrent layer's carried h (and c); None where unset."""
         be = self.backend
@@ -126,11 +143,12 @@ class RecurrentLM:
                 for r in self.rnn_layers]
 
     def set_state(self, states):
+        """Carried states per layer, as ``get_state`` or ``snapshot`` gives them (host or backend arrays)."""
         for rnn, st in zip(self.rnn_layers, states):
             if st[0] is None:
                 rnn.reset_state()
             else:
-                rnn.set_state(*(self.backend.asarray(s) for s in st))
+                rnn.set_state(*(s if self.backend.owns(s) else self.backend.asarray(s) for s in st))
 
     def load_torch(self, state_dict, prefix=""):
         """Take the recurrent weights of a ``torch.nn.RNN``/``LSTM``/``GRU`` state dict (tensors or arrays)."""
