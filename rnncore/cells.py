@@ -43,9 +43,13 @@ class Cell:
     def param_names(self):
         return ("Wx", "Wh", "bx", "bh") if self.recurrent_bias else ("Wx", "Wh", "b")
 
+    def sequences(self, hs, saved):
+        """Each carried state at every step, (T, N, H) each: hs, and the LSTM's cs."""
+        return [hs] + [saved[self.saved.index(name)] for name in self.states[1:]]
+
     def last_states(self, hs, saved):
         """The states after the last step: h, and the LSTM's c."""
-        return [hs[-1]] + ([saved[0][-1]] if "c" in self.states else [])
+        return [seq[-1] for seq in self.sequences(hs, saved)]
 
 
 RNN = Cell("rnn", gates=1, states=("h",), gates_are_h=True)

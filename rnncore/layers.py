@@ -344,18 +344,23 @@ class Recurrent(Layer):
             p[...] = self.backend.asarray(v.astype(p.dtype))
 
     # the pass ------------------------------------------------------------------------
-    def forward(self, xs):
-        """xs (N, T, D) -> hs (N, T, H)."""
+    def forward(self, xs, lengths=None):
+        """xs (N, T, D) -> hs (N, T, H). ``lengths`` (N,) integers in [0, T] (host or backend
+        array): row n's steps from lengths[n] on are padding: they leave its state unchanged and
+        output zeros, and backward sends nothing through them (PyTorch's packed sequences); a
+        stateful layer carries each row's state at its last valid step."""
         Wx = self.params[0]
         self._input("forward", "xs", xs, ("N", "T", ("D", Wx.shape[0])))
         x_tm = time_major(xs)
         T, N, _ = x_tm.shape
+        lengths = self._lengths(lengths, N, T)
         starts = self._start_states(N)
         seg = min(self.checkpoint or T, T)
         hs = None if seg == T else self.xp.empty((T, N, self.hidden_size), dtype=self.dtype)
         kept, states = [], starts
         for t0 in range(0, T, seg):
-            out, gates, saved = self._run_segment(x_tm[t0 : t0 + seg], states)
+            seg_lengths = _segment_lengths(lengths, t0, min(t0 + seg, T), self.xp)
+            out, gates, saved = self._run_segment(x_tm[t0 : t0 + seg], states, seg_lengths)
             if seg == T:
                 hs = out
             else:
@@ -366,10 +371,10 @@ class Recurrent(Layer):
                 kept.append(Held(gates if seg == T else None, saved, None))
             else:
                 kept.append(Held(None, None, states))
-            states = self.cell.last_states(out, saved)
+            states = self._last_states(out, saved, seg_lengths, states)
             if seg < T:  # copies: views would keep the whole segment alive
                 states = [s.copy() for s in states]
-        self._cache = (x_tm, starts, hs, kept, seg)
+        self._cache = (x_tm, starts, hs, kept, seg, lengths)
         for name, value in zip(self.cell.states, states):
             setattr(self, name, value.copy())
         return batch_major(hs)
@@ -379,7 +384,7 @@ class Recurrent(Layer):
         last state from beyond this chunk (None: truncated here). Leaves ``dh`` (``dc``).
         ``scale`` (T,) numbers: the gradient step t sends to the states before it is multiplied
         by scale[t] (randomized truncation; ``rnncore.bptt.randomized_pass``)."""
-        x_tm, starts, hs, kept, seg = self._forward_cache()
+        x_tm, starts, hs, kept, seg, lengths = self._forward_cache()
         T, N, D = x_tm.shape
         self._input("backward", "dhs", dhs, (("N", N), ("T", T), ("H", self.hidden_size)))
         if "c" not in self.cell.states and dc_next is not None:
@@ -394,11 +399,13 @@ class Recurrent(Layer):
         dx = None if seg == T else self.xp.empty((T, N, D), dtype=self.dtype)
         for k in reversed(range(len(kept))):
             t0, t1 = k * seg, min(k * seg + seg, T)
+            seg_lengths = _segment_lengths(lengths, t0, t1, self.xp)
             states = starts if k == 0 else self._segment_start(kept[k], hs, t0)
-            gates, saved = self._held_or_recomputed(kept[k], x_tm[t0:t1], hs[t0:t1], states)
+            gates, saved = self._held_or_recomputed(kept[k], x_tm[t0:t1], hs[t0:t1], states, seg_lengths)
             dxw, dhw, grads = self.backend.recurrence_backward(self.cell, d_tm[t0:t1], hs[t0:t1], gates, saved,
                                                                states, self.params[1], grads,
-                                                               None if scale is None else scale[t0:t1])
+                                                               None if scale is None else scale[t0:t1],
+                                                               seg_lengths)
             dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, dhw, accumulate=t1 < T)
             if dx is None:
                 dx = dx_seg
@@ -429,22 +436,53 @@ class Recurrent(Layer):
         gates) h at t0 - 1."""
         return held.states if held.states is not None else [hs[t0 - 1]]
 
-    def _held_or_recomputed(self, held, x_seg, hs_seg, states):
+    def _held_or_recomputed(self, held, x_seg, hs_seg, states, lengths):
         """The segment's gates and saved arrays: held since forward, or computed again from its start."""
         if self.cell.gates_are_h:
             return hs_seg, ()
         if held.states is None:
             return held.gates, held.saved
-        return self._run_segment(x_seg, states)[1:]
+        return self._run_segment(x_seg, states, lengths)[1:]
 
-    def _run_segment(self, x_seg, states):
+    def _run_segment(self, x_seg, states, lengths=None):
         """(hs, gates, saved) of the segment from ``states``: xw = x Wx + bx for all its steps in
         one GEMM, then the recurrence."""
         Wx, Wh, b = self.params[:3]
         T, N, D = x_seg.shape
         xw = self.backend.linear(x_seg.reshape(T * N, D), Wx, b).reshape(T, N, Wx.shape[1])
         bh = self.params[3] if self.cell.recurrent_bias else None
-        return self.backend.recurrence_forward(self.cell, xw, states, Wh, bh)
+        if lengths is None:  # the plain call: a backend needs no lengths support for it
+            return self.backend.recurrence_forward(self.cell, xw, states, Wh, bh)
+        return self.backend.recurrence_forward(self.cell, xw, states, Wh, bh, lengths)
+
+    def _last_states(self, hs, saved, lengths, starts):
+        """The states after the segment: at its last step, or per row at its last valid step (the
+        start state for a row with no valid step)."""
+        if lengths is None:
+            return self.cell.last_states(hs, saved)
+        xp = self.xp
+        rows, last = xp.arange(hs.shape[1]), xp.maximum(lengths - 1, 0)
+        some = (lengths > 0)[:, None]
+        return [xp.where(some, seq[last, rows], start) for seq, start in zip(self.cell.sequences(hs, saved), starts)]
+
+    def _lengths(self, lengths, N, T):
+        """``lengths`` checked (N,) integers in [0, T], as a backend int64 array; None stays None.
+        Reading the range back syncs a GPU, as the id checks do."""
+        if lengths is None:
+            return None
+        where = self._where("forward")
+        if not self.backend.owns(lengths):
+            if not isinstance(lengths, (np.ndarray, list, tuple)):
+                raise TypeError(f"{where}: lengths must be an array of N integers, got {type(lengths).__name__}")
+            lengths = np.asarray(lengths)
+        if lengths.dtype.kind not in "iu":
+            raise TypeError(f"{where}: lengths must hold integers, got dtype {lengths.dtype}")
+        if lengths.shape != (N,):
+            raise ValueError(f"{where}: lengths must have shape (N={N},), got {tuple(lengths.shape)}")
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 0 or hi > T:
+            raise ValueError(f"{where}: lengths must lie in [0, T={T}], got {lo if lo < 0 else hi}")
+        return self.xp.asarray(lengths, dtype=np.int64)
 
     def _segment_grads(self, x_seg, h_start, hs_seg, dxw, dhw, accumulate):
         """dWx = x^T dxw, and dWh with the recurrent bias in one GEMM: [h_{t-1}, 1]^T dhw, whose
@@ -476,6 +514,11 @@ class Recurrent(Layer):
             else:
                 self.backend.sum_rows(flat, dbx)
         return dx.reshape(T, N, D)
+
+
+def _segment_lengths(lengths, t0, t1, xp):
+    """Each row's valid steps within steps t0..t1, counted from t0."""
+    return None if lengths is None else xp.clip(lengths - t0, 0, t1 - t0)
 
 
 class TimeRNN(Recurrent):

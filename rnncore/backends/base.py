@@ -5,7 +5,7 @@ Everything is time-major inside: ``xw`` is ``(T, N, G)``, states are ``(N, H)``,
 of the cell (``rnncore.cells``). Layers hoist the non-recurrent matrix products out of the
 loop, so a backend runs only the recurrence, one driver for every cell:
 
-    recurrence_forward(cell, xw, states0, Wh, bh=None) -> (hs, gates, saved)
+    recurrence_forward(cell, xw, states0, Wh, bh=None, lengths=None) -> (hs, gates, saved)
         cell     rnncore.cells.Cell (RNN, LSTM, GRU): its step math runs inside the driver.
         xw       (T, N, G) C-contiguous, float32/float64: x_t Wx + b for every step.
                  OVERWRITTEN with the activated gates and returned as ``gates``.
@@ -13,12 +13,16 @@ loop, so a backend runs only the recurrence, one driver for every cell:
         Wh       (H, G), read only, any layout (PyTorch's weight_hh_l0.T is Fortran-ordered).
         bh       (G,) or None: the recurrent bias inside the step (``cell.recurrent_bias``:
                  the GRU's r * (h Wh_n + bh_n)); None for the other cells.
+        lengths  None, or (N,) int64 array of the backend, values in [0, T] (the layer checked
+                 them): row n's steps t >= lengths[n] are padding. They output zeros
+                 (hs[t, n] = 0), leave the row's state as it was, and their gates and saved
+                 rows are never read. The layer gathers each row's last valid state.
         hs       (T, N, H), new, C order; for ``cell.gates_are_h`` (the RNN) it *is* ``xw``.
         saved    tuple of new (T, N, H) arrays named by ``cell.saved`` (LSTM: cs; GRU: hn).
         The states after the last step are ``cell.last_states(hs, saved)``.
 
-    recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None)
-            -> (dxw, dhw, dstates0)
+    recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None,
+                        lengths=None) -> (dxw, dhw, dstates0)
         dhs        (T, N, H) upstream gradient, any strided view (typically the transpose of a
                    layer's batch-major gradient); read only; a backend copies it only if its
                    kernels must.
@@ -31,6 +35,9 @@ loop, so a backend runs only the recurrence, one driver for every cell:
                    before it (h_{t-1} through Wh and any bypass, c_{t-1}) is multiplied by
                    scale[t] (randomized truncation, d2l 9.7: ``bptt.randomized_pass``). scale[0]
                    scales what reaches the start states.
+        lengths    as forward's: at a row's padded steps dxw and dhw are 0, dhs is not read, and
+                   the gradients reaching the states pass through unchanged (unscaled), so
+                   dstates_T reaches the row's last valid step.
         dhw        (T, N, G): gradient of the recurrent pre-activations h_{t-1} Wh (+ bh):
                    dWh = [h_{t-1}]^T dhw and dbh = 1^T dhw follow from it.
         dxw        (T, N, G) C order: gradient of xw: dWx = x^T dxw, db(x) = 1^T dxw, dx = dxw Wx^T.
@@ -178,10 +185,10 @@ class Backend:
                 tracemalloc.stop()
 
     # kernels (see the module docstring) -------------------------------------
-    def recurrence_forward(self, cell, xw, states0, Wh, bh=None):
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None, lengths=None):
         raise NotImplementedError
 
-    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None):
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
         raise NotImplementedError
 
     def embedding_scatter_add(self, dW, ids, dout):
@@ -216,7 +223,8 @@ class BackendProtocol(Protocol):
     def set_rng_state(self, state): ...
     def dropout_mask(self, shape, ratio, dtype): ...
     def peak_memory(self): ...
-    def recurrence_forward(self, cell, xw, states0, Wh, bh=None): ...
-    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None): ...
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None, lengths=None): ...
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None,
+                            lengths=None): ...
     def embedding_scatter_add(self, dW, ids, dout): ...
     def softmax_cross_entropy(self, scores, labels): ...

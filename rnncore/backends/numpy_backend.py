@@ -21,7 +21,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
-    def recurrence_forward(self, cell, xw, states0, Wh, bh=None):
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None, lengths=None):
         T, N, G = xw.shape
         H = G // cell.gates
         hs = xw if cell.gates_are_h else np.empty((T, N, H), dtype=xw.dtype)
@@ -32,23 +32,38 @@ class NumpyBackend(Backend):
             rec = rows_times(states[0], WhT)
             if bh is not None:
                 rec = rec + bh
-            states = cells.forward_step(cell, xw[t], rec, states, t, hs, saved)
+            new = cells.forward_step(cell, xw[t], rec, states, t, hs, saved)
+            if lengths is None:
+                states = new
+            else:  # a row past its length keeps its state and outputs zeros
+                live = (t < lengths)[:, None]
+                states = [np.where(live, n, s) for n, s in zip(new, states)]
+                hs[t][~live[:, 0]] = 0
         return hs, xw, saved
 
-    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None):
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
         dstates_T = dstates_T or [None] * len(cell.states)
         dh, *others = (self.initial_grad(g, s) for g, s in zip(dstates_T, states0))
         # C order: empty_like would copy a view's layout
         dxw = np.empty(gates.shape, dtype=gates.dtype) if cell.gates_are_h or cell.recurrent_bias else gates
         Wh = np.ascontiguousarray(Wh)
         for t in reversed(range(dhs.shape[0])):
+            live = None if lengths is None else (t < lengths)[:, None]
+            d_total = dh + (dhs[t] if live is None else np.where(live, dhs[t], 0))
             prev = _states_before(cell, t, hs, saved, states0)
-            dhw_t, (bypass, *others) = cells.backward_step(cell, gates[t], dxw[t], dh + dhs[t], others, prev, t, hs, saved)
-            dh = rows_times(dhw_t, Wh)  # dhw_t @ Wh.T
+            dhw_t, (bypass, *new) = cells.backward_step(cell, gates[t], dxw[t], d_total, others, prev, t, hs, saved)
+            if live is not None:  # nothing flows through a row's steps past its length
+                dxw[t][~live[:, 0]] = 0
+                dhw_t[~live[:, 0]] = 0
+            dh_new = rows_times(dhw_t, Wh)  # dhw_t @ Wh.T
             if bypass is not None:
-                dh = dh + bypass
+                dh_new = dh_new + bypass
             if scale is not None:
-                dh, others = dh * dh.dtype.type(scale[t]), [o * o.dtype.type(scale[t]) for o in others]
+                dh_new, new = dh_new * dh_new.dtype.type(scale[t]), [o * o.dtype.type(scale[t]) for o in new]
+            if live is None:
+                dh, others = dh_new, new
+            else:  # a padded step passes the gradient on unchanged: its state is the one before
+                dh, others = np.where(live, dh_new, dh), [np.where(live, n, o) for n, o in zip(new, others)]
         return dxw, dxw if cell.gates_are_h else gates, [np.ascontiguousarray(dh), *others]
 
     def embedding_scatter_add(self, dW, ids, dout):
@@ -71,7 +86,5 @@ class NumpyBackend(Backend):
 
 
 def _states_before(cell, t, hs, saved, states0):
-    """The carried states entering step t: h_{t-1} and the saved arrays named like the other states."""
-    if t == 0:
-        return list(states0)
-    return [hs[t - 1]] + [saved[cell.saved.index(name)][t - 1] for name in cell.states[1:]]
+    """The carried states entering step t."""
+    return list(states0) if t == 0 else [seq[t - 1] for seq in cell.sequences(hs, saved)]
