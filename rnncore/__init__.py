@@ -8,7 +8,7 @@ Importing rnncore imports neither numba nor cupy; a backend loads on first use.
 """
 from . import bptt, cells, optim
 from .backends import Backend, BackendNotAvailable, available_backends, get_backend, use
-from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
+from .layers import Bidirectional, Stack, TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
 from .models import BetterRnnlm, RecurrentLM, Rnnlm, SimpleRnnlm
 
 __version__ = "0.1.0"
@@ -18,6 +18,8 @@ __all__ = [
     "cells",
     "optim",
     "Backend",
+    "Bidirectional",
+    "Stack",
     "BetterRnnlm",
     "RecurrentLM",
     "Rnnlm",

@@ -353,7 +353,7 @@ class Recurrent(Layer):
         self._input("forward", "xs", xs, ("N", "T", ("D", Wx.shape[0])))
         x_tm = time_major(xs)
         T, N, _ = x_tm.shape
-        lengths = self._lengths(lengths, N, T)
+        lengths = checked_lengths(self._where("forward"), self.backend, lengths, N, T)
         starts = self._start_states(N)
         seg = min(self.checkpoint or T, T)
         hs = None if seg == T else self.xp.empty((T, N, self.hidden_size), dtype=self.dtype)
@@ -465,25 +465,6 @@ class Recurrent(Layer):
         some = (lengths > 0)[:, None]
         return [xp.where(some, seq[last, rows], start) for seq, start in zip(self.cell.sequences(hs, saved), starts)]
 
-    def _lengths(self, lengths, N, T):
-        """``lengths`` checked (N,) integers in [0, T], as a backend int64 array; None stays None.
-        Reading the range back syncs a GPU, as the id checks do."""
-        if lengths is None:
-            return None
-        where = self._where("forward")
-        if not self.backend.owns(lengths):
-            if not isinstance(lengths, (np.ndarray, list, tuple)):
-                raise TypeError(f"{where}: lengths must be an array of N integers, got {type(lengths).__name__}")
-            lengths = np.asarray(lengths)
-        if lengths.dtype.kind not in "iu":
-            raise TypeError(f"{where}: lengths must hold integers, got dtype {lengths.dtype}")
-        if lengths.shape != (N,):
-            raise ValueError(f"{where}: lengths must have shape (N={N},), got {tuple(lengths.shape)}")
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 0 or hi > T:
-            raise ValueError(f"{where}: lengths must lie in [0, T={T}], got {lo if lo < 0 else hi}")
-        return self.xp.asarray(lengths, dtype=np.int64)
-
     def _segment_grads(self, x_seg, h_start, hs_seg, dxw, dhw, accumulate):
         """dWx = x^T dxw, and dWh with the recurrent bias in one GEMM: [h_{t-1}, 1]^T dhw, whose
         last row 1^T dhw is the bias gradient, so no second pass reads dhw for a column sum
@@ -514,6 +495,25 @@ class Recurrent(Layer):
             else:
                 self.backend.sum_rows(flat, dbx)
         return dx.reshape(T, N, D)
+
+
+def checked_lengths(where, backend, lengths, N, T):
+    """``lengths`` checked as (N,) integers in [0, T], returned as a backend int64 array; None stays
+    None. Reading the range back syncs a GPU, as the id checks do."""
+    if lengths is None:
+        return None
+    if not backend.owns(lengths):
+        if not isinstance(lengths, (np.ndarray, list, tuple)):
+            raise TypeError(f"{where}: lengths must be an array of N integers, got {type(lengths).__name__}")
+        lengths = np.asarray(lengths)
+    if lengths.dtype.kind not in "iu":
+        raise TypeError(f"{where}: lengths must hold integers, got dtype {lengths.dtype}")
+    if lengths.shape != (N,):
+        raise ValueError(f"{where}: lengths must have shape (N={N},), got {tuple(lengths.shape)}")
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 0 or hi > T:
+        raise ValueError(f"{where}: lengths must lie in [0, T={T}], got {lo if lo < 0 else hi}")
+    return backend.xp.asarray(lengths, dtype=np.int64)
 
 
 def _segment_lengths(lengths, t0, t1, xp):
@@ -573,16 +573,124 @@ class TimeGRU(Recurrent):
         super().__init__(Wx, Wh, bx, bh, stateful=stateful, checkpoint=checkpoint, backend=backend)
 
 
-def torch_params(state_dict, index=0, prefix="", cell=cells.LSTM):
+class Bidirectional:
+    """Two recurrent layers over one sequence, the second reading it backwards; their outputs side
+    by side, (N, T, 2H), as ``nn.LSTM(bidirectional=True)`` and the book's TimeBiLSTM give them.
+
+    With ``lengths`` the backward layer reads each row's valid steps in reverse, starting at the
+    row's last valid step (PyTorch's packed sequences), and outputs zeros past the row's end.
+    ``params``/``grads``: the forward layer's, then the backward layer's.
+    """
+
+    def __init__(self, forward_layer, backward_layer):
+        f, b = forward_layer, backward_layer
+        for layer in (f, b):
+            if not isinstance(layer, Recurrent):
+                raise TypeError(f"Bidirectional: expected recurrent layers, got {type(layer).__name__}")
+        if f.backend is not b.backend or f.dtype != b.dtype or f.params[0].shape[0] != b.params[0].shape[0]:
+            raise ValueError("Bidirectional: the two layers must share the backend, dtype and input size D")
+        self.layers = (f, b)
+        self.backend, self.dtype = f.backend, f.dtype
+        self.params, self.grads = f.params + b.params, f.grads + b.grads
+        self.hidden_size = f.hidden_size + b.hidden_size
+        self._reversal = None
+
+    def forward(self, xs, lengths=None):
+        """xs (N, T, D) -> (N, T, H_forward + H_backward)."""
+        f, b = self.layers
+        out_f = f.forward(xs, lengths)  # checks xs and lengths
+        N, T = xs.shape[:2]
+        lengths = checked_lengths("Bidirectional.forward", self.backend, lengths, N, T)
+        self._reversal = _reversal(self.backend.xp, N, T, lengths)
+        out_b = _take_steps(b.forward(_take_steps(xs, self._reversal), lengths), self._reversal)
+        return self.backend.xp.concatenate([out_f, out_b], axis=2)
+
+    def backward(self, dout):
+        f, b = self.layers
+        if self._reversal is None:
+            raise RuntimeError("Bidirectional.backward called without a forward pass before it")
+        Hf = f.hidden_size
+        dx = f.backward(dout[:, :, :Hf])
+        dx = dx + _take_steps(b.backward(_take_steps(dout[:, :, Hf:], self._reversal)), self._reversal)
+        self._reversal = None
+        return dx
+
+
+def _reversal(xp, N, T, lengths):
+    """(rows, steps) indices that reverse each row's first lengths[n] steps (all T without
+    lengths) and leave its padding where it is; the map is its own inverse."""
+    t = xp.arange(T)[None, :]
+    L = xp.full((N, 1), T, dtype=np.int64) if lengths is None else lengths[:, None]
+    return xp.arange(N)[:, None], xp.where(t < L, L - 1 - t, t)
+
+
+def _take_steps(x, index):
+    rows, steps = index
+    return x[rows, steps]
+
+
+class Stack:
+    """Recurrent layers one above the other (each a recurrent layer or a ``Bidirectional``), with
+    inverted dropout on the outputs of all but the last while ``train_flg`` is set, as PyTorch's
+    ``num_layers`` and ``dropout`` apply it. ``forward(xs, lengths=None)``, ``backward(dout)``;
+    ``params``/``grads`` layer by layer. ``Stack.from_torch`` builds one from a multi-layer,
+    optionally bidirectional ``nn.RNN``/``LSTM``/``GRU`` state dict.
+    """
+
+    def __init__(self, layers, dropout=0.0):
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Stack: needs at least one layer")
+        backend = layers[0].backend
+        self.layers = layers
+        self.backend, self.dtype = backend, layers[0].dtype
+        self.dropouts = [TimeDropout(dropout, backend=backend) for _ in layers[:-1]]
+        self.train_flg = True
+        self.params = [p for layer in layers for p in layer.params]
+        self.grads = [g for layer in layers for g in layer.grads]
+
+    @classmethod
+    def from_torch(cls, state_dict, cell, num_layers=1, bidirectional=False, dropout=0.0, prefix="",
+                   backend=None, dtype="float32"):
+        """``cell``: "rnn", "lstm" or "gru"; the rest as the PyTorch module was made."""
+        layer = {c.cell.name: c for c in (TimeRNN, TimeLSTM, TimeGRU)}[cell]
+        be = get_backend(backend)
+
+        def make(k, suffix):
+            params = torch_params(state_dict, k, prefix, layer.cell, suffix)
+            return layer(*(be.asarray(p.astype(dtype)) for p in params), backend=be)
+
+        return cls([Bidirectional(make(k, ""), make(k, "_reverse")) if bidirectional else make(k, "")
+                    for k in range(num_layers)], dropout)
+
+    def forward(self, xs, lengths=None):
+        for k, layer in enumerate(self.layers):
+            if k:
+                drop = self.dropouts[k - 1]
+                drop.train_flg = self.train_flg
+                xs = drop.forward(xs)
+            xs = layer.forward(xs, lengths)
+        return xs
+
+    def backward(self, dout):
+        for k in reversed(range(len(self.layers))):
+            dout = self.layers[k].backward(dout)
+            if k:
+                dout = self.dropouts[k - 1].backward(dout)
+        return dout
+
+
+def torch_params(state_dict, index=0, prefix="", cell=cells.LSTM, suffix=""):
     """The layer's parameters as host arrays from ``weight_ih_l{k}``, ``weight_hh_l{k}``,
-    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``prefix`` before each name, e.g. for a model's submodule).
+    ``bias_ih_l{k}``, ``bias_hh_l{k}`` (``prefix`` before each name, e.g. for a model's submodule;
+    ``suffix`` after, "_reverse" for the backward direction of a bidirectional module).
 
     PyTorch stores (G, D) and (G, H) with the gates in rnncore's order (i, f, g, o; r, z, n),
     so the weights go in transposed; the two biases are summed for cells with one bias and
     kept apart for the GRU. Values may be torch tensors (read through ``numpy.asarray``;
     rnncore never imports torch) or arrays.
     """
-    names = [f"{prefix}{n}_l{index}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+    names = [f"{prefix}{n}_l{index}{suffix}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
     missing = [n for n in names if n not in state_dict]
     if missing:
         raise KeyError(f"the state dict has no {', '.join(missing)}; its keys are {', '.join(state_dict)}")

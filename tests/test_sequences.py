@@ -115,3 +115,66 @@ def test_bad_lengths_are_refused(bad, error, message):
     layer = rnncore.TimeGRU(*random_params(np.random.default_rng(0), "gru", 2, 3, np.float32), backend="numpy")
     with pytest.raises(error, match=message):
         layer.forward(np.zeros((3, 4, 2), np.float32), lengths=bad if isinstance(bad, str) else np.array(bad))
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("lengths", [[5, 2, 1, 5], None])
+def test_stacked_bidirectional_matches_torch(backend, kind, lengths):
+    """Stack.from_torch of a 2-layer bidirectional PyTorch module: outputs, each layer's and
+    direction's last state, the input gradient and every weight gradient, over packed sequences."""
+    import rnncore
+
+    N, T, D, H = 4, 5, 3, 4
+    torch.manual_seed(len(kind) + (0 if lengths is None else 7))
+    net = TORCH[kind](D, H, num_layers=2, bidirectional=True, batch_first=True).double()
+    x = torch.randn(N, T, D, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(N, T, 2 * H, dtype=torch.float64)
+    if lengths is None:
+        out, last = net(x)
+    else:
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(lengths), batch_first=True,
+                                                         enforce_sorted=False)
+        out, last = net(packed)
+        out, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=T)
+    (out * weights).sum().backward()
+    h_n = (last[0] if kind == "lstm" else last).detach().numpy()  # (layers * 2, N, H)
+
+    stack = rnncore.Stack.from_torch(net.state_dict(), kind, num_layers=2, bidirectional=True, backend=backend,
+                                     dtype="float64")
+    ours = stack.forward(backend.asarray(x.detach().numpy()), None if lengths is None else np.array(lengths))
+    dx = stack.backward(backend.asarray(weights.numpy()))
+
+    def same(a, b):
+        np.testing.assert_allclose(backend.to_numpy(a), b, rtol=1e-10, atol=1e-12)
+
+    same(ours, out.detach().numpy())
+    same(dx, x.grad.numpy())
+    for k, bi in enumerate(stack.layers):
+        for direction, layer in enumerate(bi.layers):
+            same(layer.h, h_n[2 * k + direction])
+            suffix = f"_l{k}" + ("_reverse" if direction else "")
+            torch_grads = [getattr(net, f"weight_ih{suffix}").grad.numpy().T,
+                           getattr(net, f"weight_hh{suffix}").grad.numpy().T,
+                           getattr(net, f"bias_hh{suffix}").grad.numpy()]
+            for g, t in zip([layer.grads[0], layer.grads[1], layer.grads[-1]], torch_grads):
+                same(g, t)
+
+
+def test_stack_applies_dropout_between_layers_only():
+    import rnncore
+
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(3)
+    layers = [rnncore.TimeRNN(*random_params(rng, "rnn", 4, 4, np.float64), backend=be) for _ in range(2)]
+    stack = rnncore.Stack(layers, dropout=0.5)
+    xs = rng.standard_normal((3, 5, 4))
+    be.seed(0)
+    a = stack.forward(xs)
+    stack.train_flg = False
+    plain = layers[1].forward(layers[0].forward(xs))
+    np.testing.assert_allclose(stack.forward(xs), plain)  # no dropout when not training
+    assert not np.allclose(a, plain)  # dropout between the layers while training
+    be.seed(0)
+    stack.train_flg = True
+    mask = be.dropout_mask((5, 3, 4), 0.5, np.dtype(np.float64)).transpose(1, 0, 2)
+    np.testing.assert_allclose(a, layers[1].forward(layers[0].forward(xs) * mask))
