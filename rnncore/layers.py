@@ -200,7 +200,12 @@ class TimeMSELoss(Layer):
 
 
 class TimeDropout(Layer):
-    """Inverted dropout: zero each activation with probability ``ratio`` while ``train_flg`` is set."""
+    """Inverted dropout: zero each activation with probability ``ratio`` while ``train_flg`` is set.
+
+    ``rows = (r0, r1, N)``: this layer sees rows r0..r1 of a batch of N (one rank's share in
+    data-parallel training): it draws the whole batch's mask and keeps its rows, so the masks,
+    and the training, do not depend on how many ranks share the batch.
+    """
 
     def __init__(self, ratio=0.5, backend=None):
         super().__init__([], backend)
@@ -208,6 +213,7 @@ class TimeDropout(Layer):
             raise ValueError(f"TimeDropout: ratio must be a number in [0, 1), got {ratio!r}")
         self.ratio = float(ratio)
         self.train_flg = True
+        self.rows = None
 
     def forward(self, xs):
         where = self._where("forward")
@@ -219,7 +225,13 @@ class TimeDropout(Layer):
         if not self.train_flg or self.ratio == 0:
             self._cache = (xs.shape, None)
             return xs
-        mask = batch_major(self.backend.dropout_mask((T, N, D), self.ratio, xs.dtype))
+        if self.rows is None:
+            mask = batch_major(self.backend.dropout_mask((T, N, D), self.ratio, xs.dtype))
+        else:
+            r0, r1, total = self.rows
+            if r1 - r0 != N:
+                raise ValueError(f"{where}: rows {r0}..{r1} of {total} were set, but xs has N={N}")
+            mask = batch_major(self.backend.dropout_mask((T, total, D), self.ratio, xs.dtype)[:, r0:r1])
         self._cache = (xs.shape, mask)
         return xs * mask
 

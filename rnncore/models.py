@@ -118,6 +118,16 @@ class RecurrentLM:
         for rnn in self.rnn_layers:
             rnn.reset_state()
 
+    def share_rows(self, r0, r1, total):
+        """Train on rows r0..r1 of batches of ``total`` rows (data parallel: one rank's share). The
+        dropout masks are drawn for the whole batch and cut to these rows, so K ranks train
+        exactly as one process would; the loss and gradients are this share's mean, which the
+        caller weights by (r1 - r0) / total before summing over ranks."""
+        if not 0 <= r0 < r1 <= total:
+            raise ValueError(f"rows must satisfy 0 <= r0 < r1 <= total, got {r0}, {r1}, {total}")
+        for drop in self.dropouts:
+            drop.rows = None if (r0, r1) == (0, total) else (r0, r1, total)
+
     # recurrent state, for checkpoints that resume mid-stream --------------------
     def snapshot(self):
         """Copies of each recurrent layer's carried states and the backend's generator state:

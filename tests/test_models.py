@@ -121,3 +121,28 @@ def test_from_torch_builds_a_layer_without_importing_torch():
 def test_from_torch_names_missing_keys():
     with pytest.raises(KeyError, match="the state dict has no weight_ih_l1"):
         rnncore.TimeRNN.from_torch({"weight_ih_l0": np.zeros((3, 2))}, index=1)
+
+
+def test_a_share_of_the_rows_trains_as_the_whole_batch_would():
+    """Two halves of a batch, each on its own model copy with share_rows, give the whole batch's
+    loss and gradients once weighted by their share of rows: dropout masks included."""
+    be = rnncore.get_backend("numpy")
+    rng = np.random.default_rng(0)
+    xs, ts = (rng.integers(0, 11, size=(5, 6)) for _ in range(2))
+    whole = RecurrentLM(11, 4, 4, cell="gru", num_layers=2, dropout=0.5, backend=be, dtype="float64", seed=3)
+    be.seed(9)
+    loss = whole.forward(xs, ts)
+    whole.backward()
+    total_loss, total_grads = 0.0, [np.zeros_like(g) for g in whole.grads]
+    for r0, r1 in ((0, 2), (2, 5)):
+        part = RecurrentLM(11, 4, 4, cell="gru", num_layers=2, dropout=0.5, backend=be, dtype="float64", seed=3)
+        part.share_rows(r0, r1, 5)
+        be.seed(9)
+        share = (r1 - r0) / 5
+        total_loss += share * float(part.forward(xs[r0:r1], ts[r0:r1]))
+        part.backward(share)
+        for t, g in zip(total_grads, part.grads):
+            t += g
+    assert total_loss == pytest.approx(float(loss), rel=1e-12)
+    for t, g in zip(total_grads, whole.grads):
+        np.testing.assert_allclose(t, g, rtol=1e-10, atol=1e-14)
