@@ -6,7 +6,7 @@
 
 Importing rnncore imports neither numba nor cupy; a backend loads on first use.
 """
-from . import bptt, cells, optim
+from . import bptt, cells, optim, sequences
 from .backends import Backend, BackendNotAvailable, available_backends, get_backend, use
 from .layers import Bidirectional, Stack, TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeMSELoss, TimeRNN, TimeSoftmaxWithLoss
 from .models import BetterRnnlm, RecurrentLM, Rnnlm, SimpleRnnlm
@@ -17,6 +17,7 @@ __all__ = [
     "bptt",
     "cells",
     "optim",
+    "sequences",
     "Backend",
     "Bidirectional",
     "Stack",
