@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, in one call of the device tool (its $OUT collects the logs):
-#   tests marked gpu, compute-sanitizer on every kernel, the benchmark suite beside cuDNN,
+#   tests marked gpu (every cell, RNN, LSTM and GRU, on both recurrence strategies: the shared
+#   tests run on the "cupy" and "cupy-fused" backends there), compute-sanitizer on every kernel
+#   instantiation (sanitize.py exits 1 if one never launched), the benchmark suite beside cuDNN,
 #   the truncation sweep, and a short BetterRnnlm run on PTB data (carried in shared/data).
 set -uo pipefail
 OUT=${OUT:-/tmp/rnncore-gpu}; mkdir -p "$OUT"
@@ -10,7 +12,7 @@ python3 -m pytest -m gpu -q -rs tests 2>&1 | tee "$OUT/pytest-gpu.log" | tail -2
 python3 -m pytest -q -rs tests/test_kernels_compile.py 2>&1 | tee "$OUT/pytest-compile.log" | tail -5  # nvcc and NVRTC, not marked gpu
 for tool in memcheck racecheck synccheck; do
   compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/sanitize.py > "$OUT/sanitizer-$tool.log" 2>&1
-  echo "compute-sanitizer $tool: exit $?"
+  echo "compute-sanitizer $tool: exit $? ($(grep -E 'every kernel ran|never launched|ERROR SUMMARY' "$OUT/sanitizer-$tool.log" | tr '\n' ' '))"
 done
 python3 -m pytest benchmarks -q --benchmark-json="$OUT/bench.json" > "$OUT/bench.log" 2>&1
 python3 benchmarks/ratios.py "$OUT/bench.json" | tee "$OUT/ratios.txt"

@@ -4,15 +4,21 @@ import numpy as np
 import pytest
 
 import rnncore
+from rnncore import cells
 from rnncore.checks import trusted_ids
+from rnncore.models import CELLS
 
 pytestmark = pytest.mark.gpu
 
 
-def lstm_pass(backend, seed=0, N=20, T=35, H=650):
+def layer_pass(backend, kind="lstm", seed=0, N=20, T=35, H=650):
+    """One fwd+bwd of a Time layer at the book's size; host copies of hs, dxs and the gradients."""
     rng = np.random.default_rng(seed)
-    params = [backend.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in ((H, 4 * H), (H, 4 * H), (4 * H,))]
-    layer = rnncore.TimeLSTM(*params, backend=backend)
+    cls = CELLS[kind]
+    G = cls.cell.gates * H
+    shapes = [(H, G), (H, G)] + [(G,)] * (len(cls.cell.param_names) - 2)
+    params = [backend.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in shapes]
+    layer = cls(*params, backend=backend)
     xs = backend.asarray(rng.standard_normal((N, T, H)).astype(np.float32))
     hs = layer.forward(xs)
     dxs = layer.backward(backend.asarray(rng.standard_normal((N, T, H)).astype(np.float32)))
@@ -26,10 +32,10 @@ def rel(a, b):
 def test_tf32_accuracy_is_reported():
     from rnncore.backends.cupy_backend import CupyBackend
 
-    strict = lstm_pass(rnncore.get_backend("cupy"))
+    strict = layer_pass(rnncore.get_backend("cupy"))
     fast_backend = CupyBackend(tf32=True)
     try:
-        fast = lstm_pass(fast_backend)
+        fast = layer_pass(fast_backend)
     finally:
         fast_backend.set_tf32(False)
     errors = [rel(a, b) for a, b in zip(strict, fast)]
@@ -37,12 +43,40 @@ def test_tf32_accuracy_is_reported():
     assert max(errors) < 1e-2
 
 
-def test_fused_and_cublas_paths_agree_at_full_size():
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_fused_and_cublas_paths_agree_at_full_size(kind):
     from rnncore.backends.cupy_backend import CupyBackend
 
-    a = lstm_pass(rnncore.get_backend("cupy"))
-    b = lstm_pass(CupyBackend(recurrence="fused"))
+    a = layer_pass(rnncore.get_backend("cupy"), kind)
+    b = layer_pass(CupyBackend(recurrence="fused"), kind)
     assert max(rel(x, y) for x, y in zip(a, b)) < 1e-5
+
+
+@pytest.mark.parametrize("recurrence", ["cublas", "fused"])
+@pytest.mark.parametrize("kind", list(CELLS))
+def test_recurrence_never_syncs(recurrence, kind):
+    """The seam with every option (bh, end gradients, scales, lengths) under
+    cupyx.allow_synchronize(False): any device sync inside raises."""
+    cupyx = pytest.importorskip("cupyx")
+    from rnncore.backends.cupy_backend import CupyBackend
+
+    be = CupyBackend(recurrence=recurrence)
+    cell = cells.CELLS[kind]
+    N, T, H = 20, 7, 64
+    rng = np.random.default_rng(0)
+
+    def f(*shape):
+        return be.asarray(rng.standard_normal(shape).astype(np.float32))
+
+    Wh, bh = f(H, cell.gates * H), f(cell.gates * H) if cell.recurrent_bias else None
+    states0, dstates_T = [f(N, H) for _ in cell.states], [f(N, H) for _ in cell.states]
+    lengths, scale = be.asarray(rng.integers(0, T + 1, size=N)), rng.choice([0.0, 2.0], size=T)
+    for _ in range(2):  # the first pass compiles and loads the kernels
+        with cupyx.allow_synchronize(False):
+            hs, gates, saved = be.recurrence_forward(cell, f(T, N, cell.gates * H), states0, Wh, bh, lengths)
+            be.recurrence_backward(cell, f(N, T, H).transpose(1, 0, 2), hs, gates, saved, states0, Wh, dstates_T,
+                                   scale, lengths)
+    be.synchronize()
 
 
 def test_trusted_ids_skip_the_device_read_but_others_do_not():
@@ -56,16 +90,19 @@ def test_trusted_ids_skip_the_device_read_but_others_do_not():
         embed.forward(cp.asarray([[1, 2]]))  # no range read, so no sync
 
 
-def test_lstm_activation_memory_is_what_backward_needs():
-    """h, c and the four gates per step (plus the input, which the caller holds): <= 1.1x."""
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_activation_memory_is_what_backward_needs(kind):
+    """The time-major input, h, the saved array (LSTM c, GRU hn) and the gates per step: <= 1.1x."""
     be = rnncore.get_backend("cupy")
     N, T, H = 20, 35, 650
     rng = np.random.default_rng(0)
-    params = [be.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in ((H, 4 * H), (H, 4 * H), (4 * H,))]
-    layer = rnncore.TimeLSTM(*params, backend=be)
+    cls = CELLS[kind]
+    G = cls.cell.gates * H
+    shapes = [(H, G), (H, G)] + [(G,)] * (len(cls.cell.param_names) - 2)
+    layer = cls(*(be.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in shapes), backend=be)
     xs = be.asarray(rng.standard_normal((N, T, H)).astype(np.float32))
     with be.peak_memory() as report:
         layer.forward(xs)
-    needed = T * N * (H + 6 * H) * 4  # x (time-major), h, c, 4 gates
-    print(f"forward keeps {report.peak_bytes / 2**20:.1f} MiB; backward needs {needed / 2**20:.1f} MiB")
+    needed = T * N * (H + H + H + G) * 4  # x (time-major), h, c or hn, the gates
+    print(f"{kind} forward keeps {report.peak_bytes / 2**20:.1f} MiB; backward needs {needed / 2**20:.1f} MiB")
     assert report.peak_bytes <= 1.1 * needed

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+import rnncore
 from rnncore import _kernels
 
 FILES = sorted(_kernels.CUDA_KERNELS)
@@ -40,8 +41,33 @@ def test_nvcc_compiles_for_sm90(filename, tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr
+    # ptxas reports each kernel it compiled, then its registers: every instantiation is there
+    compiled = re.findall(r"Compiling entry function '(\w+)'", result.stderr)
+    assert len(set(compiled)) == len(_kernels.cuda_name_expressions(filename)), compiled
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", result.stderr)
-    assert spills and all(s == ("0", "0") for s in spills), "a kernel spills registers to local memory"
+    assert len(spills) == len(compiled) and all(s == ("0", "0") for s in spills), \
+        "a kernel spills registers to local memory"
+
+
+def test_every_cell_kernel_is_instantiated_for_every_cell_and_precision():
+    """The recurrence kernels are templates over the cell: each exists for RNN, LSTM and GRU in
+    float and double, named as CuPy will ask for them."""
+    names = set(_kernels.cuda_name_expressions("recurrence.cu"))
+    for kernel in _kernels.CUDA_CELL_KERNELS:
+        for cell in ("RnnCell", "LstmCell", "GruCell"):
+            for ctype in ("float", "double"):
+                assert f"{kernel}<{cell}, {ctype}>" in names
+    assert _kernels.CUDA_CELL_KERNELS <= set(_kernels.CUDA_KERNELS["recurrence.cu"])
+    assert set(_kernels.CUDA_CELLS) == set(rnncore.cells.CELLS)
+
+
+def test_module_source_inlines_each_header_once():
+    """NVRTC gets no include path: the module text has no #include left, and common.cuh (included
+    by cells.cuh and recurrence.cu's chain) appears once."""
+    source = _kernels.cuda_module_source("recurrence.cu")
+    assert not re.search(r'^#include "', source, re.MULTILINE)
+    assert source.count("__device__ __forceinline__ T warp_sum") == 1
+    assert "struct GruCell" in source
 
 
 @pytest.mark.parametrize("filename", FILES)

@@ -100,13 +100,15 @@ def test_installed_wheel_finds_its_kernels(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True)
     (wheel,) = (tmp_path / "dist").glob("rnncore-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for f in ("rnncore/kernels/lstm.cu", "rnncore/kernels/common.cuh", "rnncore/kernels/lstm_numba.py"):
-        assert f in names
+    sources = [p.relative_to(REPO / "kernels").as_posix() for p in (REPO / "kernels").rglob("*")
+               if p.suffix in (".cu", ".cuh", ".py") and "__pycache__" not in p.parts]
+    assert sources and {f"rnncore/kernels/{f}" for f in sources} <= set(names)  # every kernel file, no stale ones
+    assert {n for n in names if n.startswith("rnncore/kernels/")} <= {f"rnncore/kernels/{f}" for f in sources}
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     code = (
         "import rnncore, rnncore._kernels as k\n"
-        "print(rnncore.__file__); print(k.folder()); print(len(k.cuda_module_source('lstm.cu')))\n"
+        "print(rnncore.__file__); print(k.folder()); print(len(k.cuda_module_source('recurrence.cu')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)

@@ -1,9 +1,11 @@
 """The CuPy backend: CUDA through CuPy, the elementwise work of each step fused by hand.
 
 Kernels are CUDA C templates in ``kernels/*.cu`` compiled by ``cupy.RawModule`` on first
-use (CuPy caches the binaries on disk). A forward step is one cuBLAS GEMM for the
-recurrent product plus one fused gate kernel; backward likewise. Nothing here reads a
-value back to the host, so a training iteration never waits on the device.
+use (CuPy caches the binaries on disk). One recurrence driver serves every cell: the kernels
+of ``kernels/recurrence.cu`` are templates over the cell (``kernels/cells.cuh``), and how a
+step runs (a cuBLAS GEMM plus the cell's gate kernel, or one fused kernel) is a strategy the
+backend picks once (``CublasSteps``, ``FusedSteps``). Nothing here reads a value back to the
+host, so a training iteration never waits on the device.
 Strict float32: CuPy's GEMMs use TF32 only if the user sets CUPY_TF32=1.
 """
 import contextlib
@@ -18,16 +20,22 @@ from .base import Backend, BackendNotAvailable, MemoryReport
 THREADS = 256  # threads per block; softmax_cross_entropy needs SOFTMAX_THREADS in training.cu to match
 STEP_WARPS = 4  # warps (hidden units) per block of a fused step kernel
 SHARED_LIMIT = 48 * 1024  # dynamic shared memory a block may use without opting in
+NULL = np.uint64(0)  # a null pointer argument (CuPy passes None as 0xffffffff, not as NULL)
+# What a cell's per-unit carried gradient (the kernels' ``carry``) is: "state", the gradient of
+# its second state (the LSTM's dc: dstates_T[1] in, dstates0[1] out); "bypass", the part of the
+# gradient reaching h_{t-1} that skips Wh (the GRU's d * z: from zero, added to dh_0 at the
+# end); None, nothing (the RNN).
+CARRY = {"rnn": None, "lstm": "state", "gru": "bypass"}
 
 
 class CupyBackend(Backend):
     """``recurrence``: how each step of a recurrence runs.
 
     ``"cublas"`` (the default): one cuBLAS GEMM for the recurrent product, then one fused
-    kernel for the gate math, per step and direction. ``"fused"``: one kernel per step does
-    both (``*_step_*`` in kernels/*.cu), so no cuBLAS call sits inside the loop. The fused
-    path is tested on the CPU emulator but not yet timed on a GPU; it becomes the default
-    once it has been measured faster there. ``RNNCORE_CUPY_RECURRENCE`` sets it too.
+    kernel for the cell's gate math, per step and direction. ``"fused"``: one kernel per step
+    does both (``step_*`` in kernels/recurrence.cu), so no cuBLAS call sits inside the loop.
+    The fused path is tested on the CPU emulator but not yet timed on a GPU; it becomes the
+    default once it has been measured faster there. ``RNNCORE_CUPY_RECURRENCE`` sets it too.
     """
 
     name = "cupy"
@@ -45,6 +53,7 @@ class CupyBackend(Backend):
         if count < 1:
             raise BackendNotAvailable("cupy is installed but no CUDA device answers")
         self.xp = cp
+        self._steps = (FusedSteps if self.recurrence == "fused" else CublasSteps)(self)
         self._modules = {}
         self._functions = {}
         sms = cp.cuda.Device().attributes["MultiProcessorCount"]
@@ -82,11 +91,13 @@ class CupyBackend(Backend):
                 report.peak_bytes = hook.peak
 
     # kernel plumbing -------------------------------------------------------
-    def _function(self, filename, kernel, dtype):
-        """The compiled kernel, loaded on the current device (a function loaded on one GPU
-        cannot be launched on another)."""
+    def _function(self, filename, kernel, dtype, cell=None):
+        """The compiled kernel (for a cell, if it is a template over one), loaded on the current
+        device (a function loaded on one GPU cannot be launched on another)."""
         device = self.xp.cuda.Device().id
-        key = (device, filename, kernel, dtype)
+        dtype = np.dtype(dtype).name
+        cell = getattr(cell, "name", cell)
+        key = (device, filename, kernel, dtype, cell)
         if key not in self._functions:
             if (device, filename) not in self._modules:
                 self._modules[device, filename] = self.xp.RawModule(
@@ -94,148 +105,81 @@ class CupyBackend(Backend):
                     options=("-std=c++17",),
                     name_expressions=_kernels.cuda_name_expressions(filename),
                 )
-            ctype = _kernels.CUDA_TYPES[np.dtype(dtype).name]
-            self._functions[key] = self._modules[device, filename].get_function(f"{kernel}<{ctype}>")
+            name = _kernels.cuda_name_expression(kernel, dtype, cell)
+            self._functions[key] = self._modules[device, filename].get_function(name)
         return self._functions[key]
 
     def _launch(self, fn, size, args):
+        """One thread per item of a grid-stride kernel, up to the block cap."""
         blocks = max(1, min(-(-size // THREADS), self._max_blocks))
         fn((blocks,), (THREADS,), args)
 
-    # recurrences -----------------------------------------------------------
-    def rnn_forward(self, xw, h0, Wh):
-        if self._fused_fits(xw.shape[1], 1, xw.dtype):
-            return self._rnn_forward_fused(xw, h0, Wh)
-        cp = self.xp
-        T, N, H = xw.shape
-        step = self._function("rnn.cu", "rnn_forward_step", xw.dtype)
-        rec = cp.empty((N, H), dtype=xw.dtype)
-        h = cp.ascontiguousarray(h0)
-        for t in range(T):
-            cp.matmul(h, Wh, out=rec)
-            self._launch(step, N * H, (xw[t], rec, np.int64(N * H)))
-            h = xw[t]
-        return xw
-
-    def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
-        if self._fused_fits(dhs.shape[1], 1, dhs.dtype):
-            return self._rnn_backward_fused(dhs, hs, h0, Wh, dh_T)
-        cp = self.xp
-        T, N, H = dhs.shape
-        step = self._function("rnn.cu", "rnn_backward_step", dhs.dtype)
-        dhs = cp.ascontiguousarray(dhs)
-        dxw = cp.empty_like(dhs)
-        dh = self.initial_grad(dh_T, h0)
-        for t in reversed(range(T)):
-            self._launch(step, N * H, (dxw[t], dh, dhs[t], hs[t], np.int64(N * H)))
-            cp.matmul(dxw[t], Wh.T, out=dh)
-        return dxw, dh
-
-    def lstm_forward(self, xw, h0, c0, Wh):
-        if self._fused_fits(xw.shape[1], 4, xw.dtype):
-            return self._lstm_forward_fused(xw, h0, c0, Wh)
-        cp = self.xp
-        T, N, G = xw.shape
-        H = G // 4
-        step = self._function("lstm.cu", "lstm_forward_step", xw.dtype)
-        hs = cp.empty((T, N, H), dtype=xw.dtype)
-        cs = cp.empty_like(hs)
-        rec = cp.empty((N, G), dtype=xw.dtype)
-        h, c = cp.ascontiguousarray(h0), cp.ascontiguousarray(c0)
-        for t in range(T):
-            cp.matmul(h, Wh, out=rec)
-            self._launch(step, N * H, (xw[t], rec, c, cs[t], hs[t], np.int32(N), np.int32(H)))
-            h, c = hs[t], cs[t]
-        return hs, cs
-
-    def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        if self._fused_fits(gates.shape[1], 1, gates.dtype):
-            return self._lstm_backward_fused(dhs, cs, gates, c0, Wh, self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0))
-        cp = self.xp
-        T, N, G = gates.shape
-        H = G // 4
-        step = self._function("lstm.cu", "lstm_backward_step", gates.dtype)
-        dhs = cp.ascontiguousarray(dhs)
-        c0 = cp.ascontiguousarray(c0)
-        dh = self.initial_grad(dh_T, h0)
-        dc = self.initial_grad(dc_T, c0)
-        for t in reversed(range(T)):
-            c_prev = cs[t - 1] if t > 0 else c0
-            self._launch(step, N * H, (gates[t], dh, dhs[t], cs[t], c_prev, dc, np.int32(N), np.int32(H)))
-            cp.matmul(gates[t], Wh.T, out=dh)
-        return dh, dc
-
-    # fused steps: one launch per step and direction ----------------------------
-    def _step_launch(self, filename, kernel, dtype, H, N, columns_per_unit, args):
-        """Launch a fused step kernel: a block's warps own one hidden unit each; its shared
-        memory holds columns_per_unit * N values per warp (fewer warps if N is large)."""
+    def _launch_warps(self, fn, units, N, columns, dtype, args):
+        """A kernel whose warps own one unit each and keep columns * N values of shared memory
+        per warp: up to STEP_WARPS warps a block, fewer if N is large (FusedSteps.fits)."""
         itemsize = np.dtype(dtype).itemsize
-        warps = max(1, min(STEP_WARPS, SHARED_LIMIT // (columns_per_unit * N * itemsize)))
-        fn = self._function(filename, kernel, dtype)
-        fn((-(-H // warps),), (warps * 32,), args, shared_mem=warps * columns_per_unit * N * itemsize)
+        warps = max(1, min(STEP_WARPS, SHARED_LIMIT // (columns * N * itemsize)))
+        fn((-(-units // warps),), (warps * 32,), args, shared_mem=warps * columns * N * itemsize)
 
-    def _fused_fits(self, N, columns, dtype):
-        """A fused step keeps columns * N values per warp in shared memory: beyond the limit
-        (N in the thousands) the cuBLAS path runs instead."""
-        return self.recurrence == "fused" and columns * N * np.dtype(dtype).itemsize <= SHARED_LIMIT
-
-    def _rnn_forward_fused(self, xw, h0, Wh):
-        cp = self.xp
-        T, N, H = xw.shape
-        WhT = cp.ascontiguousarray(Wh.T)
-        h = cp.ascontiguousarray(h0)
-        for t in range(T):
-            self._step_launch("rnn.cu", "rnn_step_forward", xw.dtype, H, N, 1, (xw[t], WhT, h, np.int32(N), np.int32(H)))
-            h = xw[t]
-        return xw
-
-    def _rnn_backward_fused(self, dhs, hs, h0, Wh, dh_T):
-        cp = self.xp
-        T, N, H = dhs.shape
-        dhs, Wh = cp.ascontiguousarray(dhs), cp.ascontiguousarray(Wh)
-        dxw = cp.empty_like(dhs)
-        for t in reversed(range(T)):
-            last = t == T - 1
-            nxt = self.initial_grad(dh_T, h0) if last else dxw[t + 1]
-            self._step_launch("rnn.cu", "rnn_step_backward", dhs.dtype, H, N, 1,
-                              (dxw[t], nxt, np.int32(not last), Wh, dhs[t], hs[t], np.int32(N), np.int32(H)))
-        return dxw, self._recurrent_dot(dxw[0], Wh)
-
-    def _lstm_forward_fused(self, xw, h0, c0, Wh):
+    # recurrences: one driver for every cell (base.py has the contract) ----------
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None, lengths=None):
         cp = self.xp
         T, N, G = xw.shape
-        H = G // 4
-        WhT = cp.ascontiguousarray(Wh.T)
-        hs = cp.empty((T, N, H), dtype=xw.dtype)
-        cs = cp.empty_like(hs)
-        h, c = cp.ascontiguousarray(h0), cp.ascontiguousarray(c0)
-        for t in range(T):
-            self._step_launch("lstm.cu", "lstm_step_forward", xw.dtype, H, N, 4,
-                              (xw[t], WhT, h, c, cs[t], hs[t], np.int32(N), np.int32(H)))
-            h, c = hs[t], cs[t]
-        return hs, cs
+        H = G // cell.gates
+        hs = xw if cell.gates_are_h else cp.empty((T, N, H), dtype=xw.dtype)
+        saved = tuple(cp.empty((T, N, H), dtype=xw.dtype) for _ in cell.saved)  # the kernels keep one at most
+        states = [cp.ascontiguousarray(s) for s in states0]
+        bh = NULL if bh is None else cp.ascontiguousarray(bh)
+        lengths = NULL if lengths is None else cp.ascontiguousarray(lengths, dtype=cp.int64)
 
-    def _lstm_backward_fused(self, dhs, cs, gates, c0, Wh, dh, dc):
+        def steps():  # per step: h_{t-1} and the kernel arguments after the strategy's own first
+            for t in range(T):
+                h_prev, c_prev = _states_before(cell, t, hs, saved, states)
+                yield h_prev, (xw[t], bh, h_prev, c_prev, NULL if cell.gates_are_h else hs[t],
+                               saved[0][t] if saved else NULL, lengths, np.int32(t), np.int32(N), np.int32(H))
+
+        self._steps.forward(cell, steps(), Wh, N, xw.dtype)
+        return hs, xw, saved
+
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
         cp = self.xp
         T, N, G = gates.shape
-        H = G // 4
-        dhs, Wh, c0 = cp.ascontiguousarray(dhs), cp.ascontiguousarray(Wh), cp.ascontiguousarray(c0)
-        for t in reversed(range(T)):
-            last = t == T - 1
-            nxt = dh if last else gates[t + 1]
-            c_prev = cs[t - 1] if t > 0 else c0
-            self._step_launch("lstm.cu", "lstm_step_backward", gates.dtype, H, N, 1,
-                              (gates[t], nxt, np.int32(not last), Wh, dhs[t], cs[t], c_prev, dc, np.int32(N), np.int32(H)))
-        return self._recurrent_dot(gates[0], Wh), dc
+        H = G // cell.gates
+        dtype = gates.dtype
+        states = [cp.ascontiguousarray(s) for s in states0]
+        dstates_T = dstates_T or [None] * len(cell.states)
+        dh = self.initial_grad(dstates_T[0], states[0])  # the strategy may overwrite it
+        padded = lengths is not None
+        dh_T = dh.copy() if padded else NULL  # read at each row's last live step
+        lengths = cp.ascontiguousarray(lengths, dtype=cp.int64) if padded else NULL
+        carries = CARRY[cell.name]
+        carry = (self.initial_grad(dstates_T[1], states[1]) if carries == "state"
+                 else cp.zeros((N, H), dtype=dtype) if carries == "bypass" else NULL)
+        # the GRU's dxw differs from dhw (n block: dhw_n = r * dxw_n); the RNN's gates are hs
+        dxw = cp.empty(gates.shape, dtype=dtype) if cell.gates_are_h or cell.recurrent_bias else gates
+        dhw = dxw if cell.gates_are_h else gates
+        if any(s % dhs.itemsize for s in dhs.strides):  # not a whole number of elements: copy
+            dhs = cp.ascontiguousarray(dhs)
+        dhs_strides = tuple(np.int64(s // dhs.itemsize) for s in dhs.strides[1:])
+        factors = [dtype.type(1 if scale is None or t == T else scale[t]) for t in range(T + 1)]
 
-    def _recurrent_dot(self, X, W):
-        """X @ W^T for the gradient reaching h0: X (N, K), W (J, K)."""
-        N, K = X.shape
-        J = W.shape[0]
-        out = self.xp.empty((N, J), dtype=X.dtype)
-        self._step_launch("rnn.cu", "recurrent_dot", X.dtype, J, N, 1,
-                          (out, X, W, np.int32(N), np.int32(K), np.int32(J)))
-        return out
+        def steps():  # per step: dhw_t and the kernel arguments after the strategy's own first
+            for t in reversed(range(T)):
+                yield dhw[t], (gates[t], NULL if dxw is gates else dxw[t], factors[t + 1], dh_T, dhs[t], *dhs_strides,
+                               *_states_before(cell, t, hs, saved, states), saved[0][t] if saved else NULL, carry,
+                               lengths, np.int32(t), np.int32(N), np.int32(H))
+
+        dh = self._steps.backward(cell, steps(), Wh, dh, N, dtype)  # dhw_0 Wh^T, a new array
+        if carries == "bypass":
+            dh += carry
+        dstates0 = [dh, carry] if carries == "state" else [dh]
+        if padded:  # a row of length 0 passes the given gradients on unscaled
+            live = (lengths > 0)[:, None]
+            dstates0 = [cp.where(live, d * factors[0], given) for d, given in zip(dstates0, (dh_T, carry))]
+        elif scale is not None:
+            for d in dstates0:
+                d *= factors[0]
+        return dxw, dhw, dstates0
 
     # the rest of a training step ------------------------------------------
     def embedding_scatter_add(self, dW, ids, dout):
@@ -273,6 +217,76 @@ class CupyBackend(Backend):
         row_loss = cp.empty(M, dtype=scores.dtype)
         fn((M,), (THREADS,), (scores, labels, count, dscores, row_loss, np.int32(V)))
         return row_loss.sum(), dscores
+
+
+class CublasSteps:
+    """How a recurrence steps: per step and direction, one cuBLAS GEMM for the recurrent
+    product (h_{t-1} Wh, or dhw_{t+1} Wh^T), then the cell's gate kernel."""
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def forward(self, cell, steps, Wh, N, dtype):
+        """steps: (h_{t-1}, the rest of gates_forward's arguments) for t = 0, 1, ..."""
+        be, cp = self.backend, self.backend.xp
+        fn = be._function("recurrence.cu", "gates_forward", dtype, cell)
+        rec = cp.empty((N, Wh.shape[1]), dtype=dtype)
+        for h_prev, args in steps:
+            cp.matmul(h_prev, Wh, out=rec)
+            be._launch(fn, h_prev.size, (rec, *args))
+
+    def backward(self, cell, steps, Wh, dh, N, dtype):
+        """steps: (dhw_t, the rest of gates_backward's arguments) for t = T-1, ..., 0; dh: the
+        gradient given at h_T, overwritten. Returns dhw_0 Wh^T, in dh."""
+        be, cp = self.backend, self.backend.xp
+        fn = be._function("recurrence.cu", "gates_backward", dtype, cell)
+        for dhw_t, args in steps:
+            be._launch(fn, dh.size, (dh, *args))
+            cp.matmul(dhw_t, Wh.T, out=dh)
+        return dh
+
+
+class FusedSteps(CublasSteps):
+    """One kernel per step and direction computes the recurrent product and the gate math
+    (``step_*``); where its shared memory would not fit, a direction steps with cuBLAS."""
+
+    @staticmethod
+    def fits(N, columns, dtype):
+        """A fused step keeps columns * N values per warp in shared memory (forward: one column
+        per gate; backward: one): beyond the limit (N in the thousands) cuBLAS steps instead."""
+        return columns * N * np.dtype(dtype).itemsize <= SHARED_LIMIT
+
+    def forward(self, cell, steps, Wh, N, dtype):
+        if not self.fits(N, cell.gates, dtype):
+            return super().forward(cell, steps, Wh, N, dtype)
+        be = self.backend
+        fn = be._function("recurrence.cu", "step_forward", dtype, cell)
+        WhT = be.xp.ascontiguousarray(Wh.T)
+        H = Wh.shape[0]
+        for _, args in steps:
+            be._launch_warps(fn, H, N, cell.gates, dtype, (WhT, *args))
+
+    def backward(self, cell, steps, Wh, dh, N, dtype):
+        if not self.fits(N, 1, dtype):
+            return super().backward(cell, steps, Wh, dh, N, dtype)
+        be = self.backend
+        fn = be._function("recurrence.cu", "step_backward", dtype, cell)
+        Wh = be.xp.ascontiguousarray(Wh)
+        H, G = Wh.shape
+        nxt, is_dhw = dh, np.int32(0)  # step T-1 reads the given gradient as it is
+        for dhw_t, args in steps:
+            be._launch_warps(fn, H, N, 1, dtype, (nxt, is_dhw, Wh, *args))
+            nxt, is_dhw = dhw_t, np.int32(1)
+        out = be.xp.empty((N, H), dtype=dtype)
+        dot = be._function("recurrence.cu", "recurrent_dot", dtype)
+        be._launch_warps(dot, H, N, 1, dtype, (out, nxt, Wh, np.int32(N), np.int32(G), np.int32(H)))
+        return out
+
+
+def _states_before(cell, t, hs, saved, states0):
+    """h_{t-1} and c_{t-1} (NULL for a cell without c) entering step t."""
+    states = list(states0) if t == 0 else [seq[t - 1] for seq in cell.sequences(hs, saved)]
+    return states[0], states[1] if len(states) > 1 else NULL
 
 
 def _peak_hook(cp):

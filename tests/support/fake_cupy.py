@@ -3,7 +3,10 @@
 Arrays are NumPy arrays. ``RawModule`` compiles the real ``kernels/*.cu`` source with g++
 against ``emu.h`` and launches kernels through ctypes, so the backend's Python code and
 its CUDA kernels both run; only cuBLAS is replaced, by NumPy's matmul. Kernel arguments
-must be NumPy arrays or NumPy scalars of an explicit width, as they must for real CuPy.
+must be NumPy arrays or NumPy scalars of an explicit width, as they must for real CuPy (which
+passes None as the pointer 0xffffffff, not NULL: a null pointer is np.uint64(0)). Every kernel
+of rnncore declares its pointers __restrict__, so no two array arguments of a launch may share
+memory: each launch checks that.
 """
 import ctypes
 import hashlib
@@ -63,14 +66,20 @@ class RawModule:
     def get_function(self, name):
         if name not in self.names:
             raise KeyError(f"{name} is not among the module's name expressions {self.names}")
-        return _Function(getattr(self._lib, f"emu_launch_{self.names.index(name)}"))
+        return _Function(name, getattr(self._lib, f"emu_launch_{self.names.index(name)}"))
 
 
 class _Function:
-    def __init__(self, entry):
+    def __init__(self, name, entry):
+        self.name = name
         self.entry = entry
 
     def __call__(self, grid, block, args, shared_mem=0):
+        arrays = [(k, a) for k, a in enumerate(args) if isinstance(a, np.ndarray)]
+        for i, (k, a) in enumerate(arrays):
+            for m, b in arrays[i + 1 :]:
+                if np.may_share_memory(a, b) and np.shares_memory(a, b):
+                    raise ValueError(f"{self.name}: arguments {k} and {m} share memory (its pointers are __restrict__)")
         holders = [_argument(a) for a in args]
         pointers = (ctypes.c_void_p * len(holders))(*[ctypes.addressof(h) for h in holders])
         self.entry(_dims(grid), _dims(block), pointers, ctypes.c_uint(shared_mem))
@@ -110,17 +119,40 @@ class _Device:
         pass
 
 
+class DeviceArray(np.ndarray):
+    """An array that refuses to be read back to the host, as a CuPy array does inside
+    ``cupyx.allow_synchronize(False)``: a conversion to a Python number or list raises."""
+
+    def _read_back(self, *args, **kwargs):
+        raise AssertionError("a device value was read back to the host (a device sync)")
+
+    __bool__ = __int__ = __float__ = __complex__ = __index__ = item = tolist = get = _read_back
+
+
+def _on_device(x):
+    return x.view(DeviceArray) if isinstance(x, np.ndarray) and not isinstance(x, DeviceArray) else x
+
+
 class _FakeCupy(types.ModuleType):
-    """Anything not defined here is NumPy's."""
+    """Anything not defined here is NumPy's; with ``strict``, every array a NumPy function
+    returns is a DeviceArray."""
+
+    strict = False
 
     def __getattr__(self, name):
-        return getattr(np, name)
+        attr = getattr(np, name)
+        if self.strict and callable(attr) and not isinstance(attr, type):
+            return lambda *args, **kwargs: _on_device(attr(*args, **kwargs))
+        return attr
 
 
-def make():
+def make(strict=False):
+    """The stand-in module. ``strict``: its arrays are DeviceArrays and ``asnumpy`` raises, so
+    code that would wait on a GPU to read a value fails here (test only what never should)."""
     cp = _FakeCupy("fake_cupy")
-    cp.ndarray = np.ndarray
-    cp.asnumpy = np.asarray
+    cp.strict = strict
+    cp.ndarray = DeviceArray if strict else np.ndarray
+    cp.asnumpy = DeviceArray._read_back if strict else np.asarray
     cp.RawModule = RawModule
     cp.random = np.random
     cp.cuda = types.SimpleNamespace(
