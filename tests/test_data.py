@@ -1,4 +1,5 @@
 """Corpora, vocabularies, downloads (over a loopback HTTP server) and BPTT batching."""
+import collections
 import hashlib
 import http.server
 import threading
@@ -22,6 +23,42 @@ def test_vocab_min_freq_maps_rare_tokens_to_unk():
     vocab = data.Vocab("x x x y z z".split(), min_freq=2)
     assert vocab.idx_to_token == ["<unk>", "x", "z"]
     assert list(vocab.encode(["y"])) == [0]
+
+
+def test_vocab_token_freqs_are_the_counts_of_the_text(shared_data):
+    """d2l's token_freqs, held against collections.Counter on the raw text: every token with its
+    count, most frequent first, ties in order of first appearance."""
+    raw = (shared_data / "ptb" / "ptb.train.txt").read_text()
+    counts = collections.Counter(raw.split())
+    counts["<eos>"] = raw.count("\n")
+    vocab = data.Vocab(data.tokenize(raw), reserved=["<eos>"])
+    assert dict(vocab.token_freqs) == counts and len(vocab.token_freqs) == len(counts)
+    assert [n for _, n in vocab.token_freqs] == sorted(counts.values(), reverse=True)
+    first_seen = {}
+    for token in data.tokenize(raw):
+        first_seen.setdefault(token, len(first_seen))
+    for (a, n), (b, m) in zip(vocab.token_freqs, vocab.token_freqs[1:]):
+        assert n > m or first_seen[a] < first_seen[b]
+    assert data.Vocab(list("abcab")).token_freqs == [("a", 2), ("b", 2), ("c", 1)]
+
+
+def test_vocab_indexing_and_to_tokens():
+    text = "the cat sat on the mat the end"
+    vocab = data.Vocab(text.split())
+    ids = vocab[text.split()]
+    assert vocab.to_tokens(ids) == text.split() and vocab.to_tokens(ids[0]) == "the"
+    assert vocab["the"] == ids[0] and vocab[("cat", "dog")] == [vocab["cat"], 0]
+    assert vocab["dog"] == vocab["<unk>"] == 0
+    assert vocab.to_tokens(np.int64(ids[1])) == "cat" and vocab.to_tokens(np.array(ids)) == text.split()
+    assert list(vocab.encode(["mat", "dog"])) == vocab[["mat", "dog"]]
+    with pytest.raises(IndexError, match="id 99 is outside the vocabulary"):
+        vocab.to_tokens(99)
+    no_unk = data.Vocab.from_dict({"tokens": ["a", "b"]})
+    assert no_unk[["b", "a"]] == [1, 0]
+    with pytest.raises(KeyError, match="'zebra' is not in the vocabulary"):
+        no_unk["zebra"]
+    with pytest.raises(KeyError, match="'zebra'"):
+        no_unk.encode(["a", "zebra"])
 
 
 def test_vocab_save_and_load(tmp_path):

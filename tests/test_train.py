@@ -1,16 +1,21 @@
 """Training: loss falls, resume equals an uninterrupted run, divergence stops cleanly, checkpoints move
 between backends, evaluation matches the book's loop, generation obeys its options."""
+import io
 import math
+import os
+import signal
+import time
 
 import numpy as np
 import pytest
-from conftest import backend_by_name
+from conftest import HAS_NUMBA, backend_by_name
 
 from rnncore.app import checkpoint, data
 from rnncore.app.generate import generate, pick
 from rnncore.models import RecurrentLM
 from rnncore.optim import SGD, Adam
-from rnncore.app.train import Trainer, TrainingDiverged, evaluate_perplexity, last_checkpoint_path
+from rnncore.app.train import (COMPILE_NOTE, Progress, Trainer, TrainingDiverged, TrainingInterrupted,
+                               evaluate_perplexity, last_checkpoint_path)
 
 CPU = ["numpy", "numba"]
 
@@ -236,3 +241,72 @@ def test_an_epochs_last_update_overflowing_saves_no_best_checkpoint(tmp_path):
                                                 rf"{len(batches)}; training stopped\. Try"):
         trainer.fit(1)
     assert not (tmp_path / "m.npz").exists()
+
+
+def test_sigterm_saves_and_stops_like_ctrl_c(tmp_path):
+    trainer = trainer_for(make(backend_by_name("numpy")), tmp_path)
+    update, count = trainer.optimizer.update, [0]
+
+    def update_then_terminate(*args):
+        update(*args)
+        count[0] += 1
+        if count[0] == 30:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.optimizer.update = update_then_terminate
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted, match=r"interrupted at epoch 1, iteration 30; resume") as stopped:
+        trainer.fit(2)
+    assert stopped.value.signal == signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+    assert checkpoint.load(last_checkpoint_path(tmp_path / "m.npz")).trainer_state["iteration"] == 30
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _drive(stream, note=None, first_step_s=0.0):
+    """A progress line over 100 iterations: a first one taking first_step_s, then 99 at once."""
+    progress = Progress(stream=stream, note=note)
+    progress.start(100, 0, "epoch 1/2")
+    time.sleep(first_step_s)
+    progress.first_step_done()
+    with progress:
+        progress.show(1, 2, 50, 12.345, 4567)
+        progress.write("epoch 1 | train ppl 12.35")
+        progress.show(2, 2, 100, 9.87, 4567)
+    return progress
+
+
+def test_progress_in_a_log_is_plain_lines():
+    log = io.StringIO()
+    _drive(log)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and "epoch 1 | train ppl 12.35" in lines
+    assert lines[-1].startswith("epoch 2/2: 100%") and "100/100" in lines[-1] and "ppl 9.87" in lines[-1]
+    assert len(lines) <= 4  # periodic, not a line per update
+
+
+def test_progress_on_a_terminal_redraws_one_line():
+    terminal = _Terminal()
+    _drive(terminal, note=COMPILE_NOTE)
+    shown = terminal.getvalue()
+    assert shown.count("\r") > 3 and COMPILE_NOTE in shown
+    assert "epoch 1 | train ppl 12.35\n" in shown and shown.endswith("\n")
+
+
+def test_progress_times_the_rate_after_the_first_iteration():
+    """A first iteration that compiles for 0.5 s must not drag the rate (and so the ETA): 99
+    iterations in about no time afterwards is a high rate, not ~200 an hour."""
+    log = io.StringIO()
+    progress = _drive(log, note=COMPILE_NOTE, first_step_s=0.5)
+    assert COMPILE_NOTE in log.getvalue().splitlines()[0] and COMPILE_NOTE not in log.getvalue().splitlines()[-1]
+    assert progress.bar.format_dict["elapsed"] < 0.25
+    assert progress.bar.n - progress.bar.initial == 99
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="needs numba")
+def test_the_numba_backend_says_it_compiles(tmp_path):
+    assert trainer_for(make(backend_by_name("numba")), tmp_path).progress.note == COMPILE_NOTE
+    assert trainer_for(make(backend_by_name("numpy")), tmp_path).progress.note is None

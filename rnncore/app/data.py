@@ -6,8 +6,10 @@ Machine) use, are checked against a SHA-256, and are cached under ``~/.cache/rnn
 files (``ptb/ptb.train.txt`` or ``ptb.train.txt``) is used as it is.
 """
 import collections
+import functools
 import hashlib
 import json
+import numbers
 import os
 import re
 import sys
@@ -42,6 +44,7 @@ DATASETS = {
     ),
 }
 SPLITS = ("train", "valid", "test")
+CORPORA = {"ptb": [f"ptb.{split}.txt" for split in SPLITS], "timemachine": ["timemachine.txt"]}
 
 
 class DataError(RuntimeError):
@@ -59,12 +62,36 @@ def dataset_path(name, directory=None, mirror=None, progress=True):
     """Path to a known corpus file, downloading and verifying it on first use."""
     folder, url, sha256 = DATASETS[name]
     root = data_dir(directory)
-    for candidate in (root / folder / name, root / name):
-        if candidate.is_file():
-            return candidate
+    found = _find_dataset(name, root)
+    if found:
+        return found
     if mirror:
         url = f"{mirror.rstrip('/')}/{name}"
     return download(url, root / folder / name, sha256, progress=progress)
+
+
+def _find_dataset(name, root):
+    """A known corpus file already under ``root`` (in its sub-folder or at the top), else None."""
+    folder = DATASETS[name][0]
+    return next((p for p in (root / folder / name, root / name) if p.is_file()), None)
+
+
+def corpus_files(name, directory=None):
+    """The files corpus ``name`` would be read from that exist now (nothing is downloaded)."""
+    if name not in CORPORA:
+        return [Path(name)] if Path(name).is_file() else []
+    found = (_find_dataset(f, data_dir(directory)) for f in CORPORA[name])
+    return [p for p in found if p]
+
+
+def files_sha256(paths):
+    """One SHA-256 over the files' bytes, in order: what a checkpoint records of its corpus."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def download(url, target, sha256, progress=True, timeout=60):
@@ -145,16 +172,22 @@ class Vocab:
     """Token <-> id. Ids follow frequency (ties: first appearance); ``<unk>`` is id 0.
 
     Tokens seen fewer than ``min_freq`` times map to ``<unk>``. ``reserved`` tokens come
-    right after ``<unk>`` whatever their frequency.
+    right after ``<unk>`` whatever their frequency. As in d2l: ``token_freqs`` lists every
+    token counted, with its count, most frequent first (ties: first appearance);
+    ``vocab["the"]`` and ``vocab[["the", "cat"]]`` give ids, ``to_tokens`` the way back.
+    A vocabulary read back (``from_dict``, a checkpoint's) keeps its tokens, not their counts.
     """
 
     UNK = "<unk>"
 
     def __init__(self, tokens=(), min_freq=1, reserved=()):
         counts = collections.Counter(tokens)
-        order = sorted(counts, key=lambda t: -counts[t])  # sorted() is stable: ties keep first appearance
+        self.token_freqs = sorted(counts.items(), key=lambda item: -item[1])  # stable: ties keep first appearance
         fixed = [self.UNK] + [t for t in reserved if t != self.UNK]
-        self.idx_to_token = fixed + [t for t in order if counts[t] >= min_freq and t not in fixed]
+        self._set_tokens(fixed + [t for t, n in self.token_freqs if n >= min_freq and t not in fixed])
+
+    def _set_tokens(self, tokens):
+        self.idx_to_token = list(tokens)
         self.token_to_idx = {t: i for i, t in enumerate(self.idx_to_token)}
 
     def __len__(self):
@@ -163,22 +196,52 @@ class Vocab:
     def __contains__(self, token):
         return token in self.token_to_idx
 
+    @property
+    def unk(self):
+        """The id of ``<unk>``, or None for a vocabulary without one."""
+        return self.token_to_idx.get(self.UNK)
+
+    def __getitem__(self, tokens):
+        """The id of a token, or a list of ids for a list (or tuple) of tokens. An unknown token
+        maps to ``<unk>``; in a vocabulary without ``<unk>`` it is a KeyError naming it."""
+        if isinstance(tokens, (list, tuple)):
+            return [self[t] for t in tokens]
+        idx = self.token_to_idx.get(tokens, self.unk)
+        if idx is None:
+            raise KeyError(f"{tokens!r} is not in the vocabulary (which has no {self.UNK})")
+        return idx
+
+    def to_tokens(self, ids):
+        """The token of an id, or a list of tokens for a sequence of ids."""
+        if isinstance(ids, numbers.Integral):
+            if not 0 <= ids < len(self):
+                raise IndexError(f"id {ids} is outside the vocabulary [0, {len(self) - 1}]")
+            return self.idx_to_token[ids]
+        return [self.to_tokens(int(i)) for i in ids]
+
     def encode(self, tokens):
-        """int32 ids; unknown tokens become ``<unk>``."""
-        get = self.token_to_idx.get
-        return np.fromiter((get(t, 0) for t in tokens), dtype=np.int32, count=len(tokens))
+        """int32 ids, as ``vocab[tokens]`` gives them (fast for long token lists)."""
+        unk = self.unk
+        ids = (self.token_to_idx.get(t, unk) for t in tokens) if unk is not None else map(self.__getitem__, tokens)
+        return np.fromiter(ids, dtype=np.int32, count=len(tokens))
 
     def decode(self, ids):
-        return [self.idx_to_token[int(i)] for i in ids]
+        return self.to_tokens(list(ids))
 
     def to_dict(self):
         return {"tokens": self.idx_to_token}
 
     @classmethod
     def from_dict(cls, d):
+        """The inverse of ``to_dict``; ValueError unless ``d["tokens"]`` is a list of distinct strings."""
+        tokens = d["tokens"]
+        if not (isinstance(tokens, list) and all(isinstance(t, str) for t in tokens)):
+            raise ValueError("the vocabulary must be a list of strings")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("the vocabulary lists a token twice")
         vocab = cls()
-        vocab.idx_to_token = list(d["tokens"])
-        vocab.token_to_idx = {t: i for i, t in enumerate(vocab.idx_to_token)}
+        vocab._set_tokens(tokens)
+        vocab.token_freqs = []
         return vocab
 
     def save(self, path):
@@ -190,17 +253,28 @@ class Vocab:
 
 
 class Corpus:
-    """A tokenized corpus: ``vocab`` and int32 id arrays for ``train``, ``valid``, ``test``."""
+    """A tokenized corpus: ``vocab`` and int32 id arrays for ``train``, ``valid``, ``test``.
 
-    def __init__(self, vocab, splits, level):
+    ``files``: the files it was read from (absolute paths). ``own_vocab``: the vocabulary its
+    training split builds, which differs from ``vocab`` when the corpus was encoded with
+    another's (a checkpoint's).
+    """
+
+    def __init__(self, vocab, splits, level, files=(), own_vocab=None):
         self.vocab = vocab
         self.splits = splits
         self.level = level
+        self.files = [Path(f).resolve() for f in files]
+        self.own_vocab = own_vocab or vocab
 
     def __getitem__(self, split):
         if split not in self.splits:
             raise DataError(f"this corpus has no {split!r} split; it has {', '.join(self.splits)}")
         return self.splits[split]
+
+    @functools.cached_property
+    def sha256(self):
+        return files_sha256(self.files)
 
 
 def load_ptb(split="train", data_dir=None, mirror=None, limit=None, progress=True):
@@ -225,41 +299,55 @@ def ptb_corpus(data_dir=None, mirror=None, limit=None, vocab=None, progress=True
     """All three PTB splits. ``limit`` keeps the first ``limit`` training words and builds the
     vocabulary from them alone (the book's ch05 run uses 1000). A given ``vocab`` (a
     checkpoint's, say) encodes the text instead."""
-    tokens = {s: tokenize(read_text(dataset_path(f"ptb.{s}.txt", data_dir, mirror, progress))) for s in SPLITS}
-    if limit:
-        tokens["train"] = tokens["train"][:limit]
-    return _encode(tokens, vocab or Vocab(tokens["train"], reserved=["<eos>"]), "word")
+    files = [dataset_path(name, data_dir, mirror, progress) for name in CORPORA["ptb"]]
+    tokens = {s: tokenize(read_text(f)) for s, f in zip(SPLITS, files)}
+    return _corpus(tokens, "word", vocab, limit, files, reserved=["<eos>"])
 
 
-def timemachine_corpus(data_dir=None, mirror=None, level="char", vocab=None, progress=True):
+def timemachine_corpus(data_dir=None, mirror=None, level="char", vocab=None, progress=True, limit=None):
     """The Time Machine, split in order 90/5/5."""
-    return split_text(read_text(dataset_path("timemachine.txt", data_dir, mirror, progress)), level, vocab)
+    path = dataset_path("timemachine.txt", data_dir, mirror, progress)
+    return split_text(read_text(path), level, vocab, limit=limit, files=[path])
 
 
-def split_text(text, level, vocab=None, fractions=(0.9, 0.05)):
-    """Any text as a corpus: tokenized, then split in order, 90/5/5."""
+def split_text(text, level, vocab=None, fractions=(0.9, 0.05), limit=None, files=()):
+    """Any text as a corpus: tokenized, then split in order, 90/5/5 (``limit``: as ptb_corpus)."""
     tokens = tokenize(text, level)
     if len(tokens) < 20:
         raise DataError(f"the text has only {len(tokens)} {level} tokens; a corpus needs at least 20")
     a = int(len(tokens) * fractions[0])
     b = a + int(len(tokens) * fractions[1])
     parts = {"train": tokens[:a], "valid": tokens[a:b], "test": tokens[b:]}
-    return _encode(parts, vocab or Vocab(parts["train"]), level)
+    return _corpus(parts, level, vocab, limit, files)
 
 
-def _encode(tokens, vocab, level):
-    return Corpus(vocab, {s: vocab.encode(t) for s, t in tokens.items()}, level)
+def _corpus(tokens, level, vocab, limit, files, reserved=()):
+    if limit:
+        tokens["train"] = tokens["train"][:limit]
+    own = Vocab(tokens["train"], reserved=reserved)
+    vocab = vocab or own
+    return Corpus(vocab, {s: vocab.encode(t) for s, t in tokens.items()}, level, files, own)
+
+
+def require_corpus(name):
+    """DataError unless ``name`` is a known corpus or a text file."""
+    if name in CORPORA:
+        return
+    if Path(name).is_dir():
+        raise DataError(f"--corpus {name} is a directory; give a text file")
+    if not Path(name).is_file():
+        raise DataError(f"--corpus must be ptb, timemachine or a text file; {name!r} is none of these")
 
 
 def load_corpus(name, data_dir=None, level=None, limit=None, vocab=None, mirror=None, progress=True):
-    """``ptb``, ``timemachine``, or the path of a UTF-8 text file (split 90/5/5)."""
+    """``ptb``, ``timemachine``, or the path of a UTF-8 text file (split 90/5/5). ``limit``: keep
+    the first ``limit`` training tokens (the vocabulary is built from them alone)."""
+    require_corpus(name)
     if name == "ptb":
         return ptb_corpus(data_dir, mirror, limit, vocab, progress)
     if name == "timemachine":
-        return timemachine_corpus(data_dir, mirror, level or "char", vocab, progress)
-    if not Path(name).is_file():
-        raise DataError(f"--corpus must be ptb, timemachine or a text file; {name!r} is none of these")
-    return split_text(read_text(name), level or "word", vocab)
+        return timemachine_corpus(data_dir, mirror, level or "char", vocab, progress, limit)
+    return split_text(read_text(name), level or "word", vocab, limit=limit, files=[name])
 
 
 # batching ----------------------------------------------------------------------

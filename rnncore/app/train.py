@@ -3,6 +3,7 @@
 The loop reads the loss back from the device only every ``eval_interval`` iterations
 (one sync for the whole interval), which is also when a NaN or infinite loss is noticed;
 the iteration it first appeared at is named, and no checkpoint is written after it.
+Ctrl-C (SIGINT) and SIGTERM finish the iteration, save the resumable state and stop.
 """
 import math
 import signal
@@ -12,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import checkpoint
 from .data import RandomBatches, SequentialBatches
@@ -24,7 +26,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: the state at the last finished iteration was saved and training can resume."""
+    """Ctrl-C or SIGTERM (``signal``): the state at the last finished iteration was saved and
+    training can resume."""
+
+    def __init__(self, message, signal=signal.SIGINT):
+        super().__init__(message)
+        self.signal = signal
 
 
 def perplexity(mean_loss):
@@ -92,8 +99,8 @@ class Trainer:
             valid_ids, batches.time_size, eval_batch_size, batches.stateful, "the validation split")
         self.best_path = Path(checkpoint_path) if checkpoint_path else None
         self.last_path = last_checkpoint_path(self.best_path) if self.best_path else None
-        self.progress = Progress(enabled=progress)
-        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.progress = Progress(enabled=progress, note=COMPILE_NOTE if model.backend.name == "numba" else None)
+        self.log = log or self.progress.write
         self.epoch, self.iteration, self.history, self.interval_ppl = 0, 0, [], []
         self.best_ppl = math.inf
         self.epoch_loss, self.epoch_count = 0.0, 0
@@ -103,10 +110,15 @@ class Trainer:
     def fit(self, epochs):
         """Train until ``epochs`` epochs are done; returns the per-epoch history."""
         self._check_corpus()
-        with _stop_on_ctrl_c() as stop, trusted_ids():
+        per_epoch = len(self.batches)
+        self.progress.start(epochs * per_epoch, min(self.epoch, epochs) * per_epoch + self.iteration,
+                            f"epoch {min(self.epoch + 1, epochs)}/{epochs}")
+        with self.progress, _stop_on_signals() as stop, trusted_ids():
             while self.epoch < epochs:
                 self._run_epoch(epochs, stop)
                 self._end_epoch()
+                if stop.requested:  # during the epoch's validation: all is saved now
+                    raise TrainingInterrupted(self._interrupted_message(), stop.requested)
         return self.history
 
     def _run_epoch(self, epochs, stop):
@@ -126,18 +138,19 @@ class Trainer:
             pending.append(loss)
             self.iteration += 1
             tokens += xs.size
+            self.progress.first_step_done()
             last = self.iteration == len(self.batches)
             save_now = bool(self.save_every) and self.iteration % self.save_every == 0 and not last
             if len(pending) == self.eval_interval or last or save_now or stop.requested:
                 self._check_losses(pending)
                 pending = []
                 rate = tokens / (time.perf_counter() - started)
-                self.progress.show(self.epoch + 1, epochs, self.iteration, len(self.batches),
+                self.progress.show(self.epoch + 1, epochs, self.epoch * len(self.batches) + self.iteration,
                                    perplexity(self.epoch_loss / self.epoch_count), rate)
                 tokens, started = 0, time.perf_counter()
                 if stop.requested:
                     self._save_last()
-                    raise TrainingInterrupted(self._interrupted_message())
+                    raise TrainingInterrupted(self._interrupted_message(), stop.requested)
                 if save_now:
                     self._save_last()
 
@@ -164,7 +177,6 @@ class Trainer:
         self.interval_ppl.append(perplexity(values.mean()))
 
     def _end_epoch(self):
-        self.progress.done()
         record = {"epoch": self.epoch + 1, "train_ppl": perplexity(self.epoch_loss / self.epoch_count),
                   "lr": self.optimizer.lr}
         if self.valid_ids is not None:
@@ -234,6 +246,9 @@ class Trainer:
         if ckpt.optimizer_state.get("type") != type(self.optimizer).__name__:
             raise checkpoint.CheckpointError(f"this checkpoint was trained with {ckpt.optimizer_state.get('type')}, "
                                              f"not {type(self.optimizer).__name__}")
+        if st["iteration"] > len(self.batches):
+            raise checkpoint.CheckpointError(f"this checkpoint stopped at iteration {st['iteration']} of an epoch "
+                                             f"of {len(self.batches)}; it was not trained on this data")
         self.model = ckpt.model
         self.optimizer.load_state_dict(ckpt.optimizer_state, self.model.backend)
         self.epoch, self.iteration, self.history = st["epoch"], st["iteration"], st["history"]
@@ -280,49 +295,90 @@ def _format_record(r):
 
 
 class _StopFlag:
-    requested = False
+    requested = 0  # the signal that asked to stop
 
 
 @contextmanager
-def _stop_on_ctrl_c():
-    """Ctrl-C sets a flag; the loop finishes the iteration, saves, and stops cleanly."""
+def _stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+    """Ctrl-C or SIGTERM (what ``timeout`` and job schedulers send) sets a flag; the loop finishes
+    the iteration, saves, and stops cleanly."""
     flag = _StopFlag()
+    previous = {}
     try:
-        previous = signal.signal(signal.SIGINT, lambda *_: setattr(flag, "requested", True))
-    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
-        previous = None
+        for sig in signals:
+            previous[sig] = signal.signal(sig, lambda signum, _: setattr(flag, "requested", signum))
+    except ValueError:  # not the main thread: no handlers, signals behave as usual
+        pass
     try:
         yield flag
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+COMPILE_NOTE = "compiling Numba kernels (first run only)"
+LOG_EVERY_S = 30  # in a log (not a terminal), one progress line this often
 
 
 class Progress:
-    """One status line: a bar on a terminal (redrawn in place), plain lines in logs."""
+    """Training's progress line, drawn by tqdm over all the run's iterations: on a terminal a bar
+    redrawn in place; in a log, plain lines, one every LOG_EVERY_S seconds, not carriage-return
+    redraws. The rate and ETA are timed from the end of the first iteration on, so kernels
+    compiled in it (Numba's, on a first run) do not count; until then ``note`` shows."""
 
-    def __init__(self, enabled=True, stream=None):
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = self.stream.isatty()
-        self.started = time.perf_counter()
+    def __init__(self, enabled=True, stream=None, note=None):
+        self.enabled, self.stream, self.note = enabled, stream or sys.stderr, note
+        self.bar = None
 
-    def show(self, epoch, epochs, it, per_epoch, ppl, tokens_per_s):
-        if not self.enabled:
-            return
-        done = (epoch - 1) * per_epoch + it
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / max(done, 1) * (epochs * per_epoch - done)
-        bar = "#" * int(20 * it / per_epoch)
-        line = (f"epoch {epoch}/{epochs} [{bar:<20}] {it}/{per_epoch} | ppl {ppl:8.2f} | "
-                f"{tokens_per_s / 1e3:7.1f}k tok/s | ETA {_clock(eta)}")
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+    def start(self, total, done, desc):
+        """A run of ``total`` iterations, ``done`` of them behind it (a resumed run's)."""
+        self.total, self.done, self.desc, self.timing = total, done, desc, False
+        self.bar = self._bar(done, leave=False, postfix=self.note) if self.note else None
 
-    def done(self):
-        if self.enabled and self.tty:
-            print(file=self.stream)
+    def first_step_done(self):
+        """The first iteration is done: (re)start the bar, timing from now on."""
+        if not self.timing:
+            if self.bar is not None:
+                self.bar.close()
+            self.bar = self._bar(self.done + 1, leave=True)
+            self.timing = True
+
+    def show(self, epoch, epochs, done, ppl, tokens_per_s):
+        self.bar.set_description_str(f"epoch {epoch}/{epochs}", refresh=False)
+        self.bar.set_postfix_str(f"ppl {ppl:.2f}, {tokens_per_s / 1e3:.1f}k tok/s", refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def write(self, message):
+        """A line of its own (an epoch's record); on a terminal the bar is drawn again below it."""
+        if self.bar is not None and not self.bar.disable and self.stream.isatty():
+            self.bar.write(message, file=self.bar.fp)
+        else:
+            print(message, file=self.stream, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+    def _bar(self, done, leave, postfix=None):
+        tty = self.stream.isatty()
+        return tqdm(total=self.total, initial=done, desc=self.desc, postfix=postfix, leave=leave, unit="it",
+                    file=self.stream if tty else _Lines(self.stream), disable=not self.enabled,
+                    mininterval=0.1 if tty else LOG_EVERY_S, smoothing=0, dynamic_ncols=tty)
 
 
-def _clock(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+class _Lines:
+    """A stream for tqdm in a log: each redraw (carriage return, line) becomes a line of its own."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        line = text.replace("\r", "").rstrip()
+        if line:
+            print(line, file=self.stream)
+
+    def flush(self):
+        self.stream.flush()
