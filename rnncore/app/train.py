@@ -211,7 +211,7 @@ class Trainer:
             "epoch_loss": self.epoch_loss,
             "epoch_count": self.epoch_count,
             "batches": _jsonable(self.epoch_start_batches),
-            "rng": _rng_state(self.model.backend),
+            "rng": _jsonable(self.model.backend.rng_state()),
         }
 
     def _save_best(self):
@@ -257,8 +257,8 @@ class Trainer:
         self.epoch_loss, self.epoch_count = st["epoch_loss"], st["epoch_count"]
         self.epoch_start_batches = st["batches"]
         self.batches.restore(st["batches"])
-        if st["rng"] is not None and hasattr(self.model.backend.rng, "bit_generator"):
-            self.model.backend.rng.bit_generator.state = st["rng"]
+        if st["rng"] is not None:
+            self.model.backend.set_rng_state(st["rng"])
 
     def _interrupted_message(self):
         where = f"; resume with --resume (state saved in {self.last_path})" if self.last_path else ""
@@ -273,11 +273,6 @@ def last_checkpoint_path(best_path):
     """``runs/model.npz`` -> ``runs/model.last.npz``: where the resumable state goes."""
     best_path = Path(best_path)
     return best_path.with_name(f"{best_path.stem}.last{best_path.suffix or '.npz'}")
-
-
-def _rng_state(backend):
-    bitgen = getattr(backend.rng, "bit_generator", None)
-    return _jsonable(bitgen.state) if bitgen is not None and isinstance(bitgen.state, dict) else None
 
 
 def _jsonable(obj):
