@@ -1,20 +1,25 @@
 // The rest of a training step on the GPU: embedding backward and softmax + cross-entropy.
 #include "common.cuh"
 
-// dW[ids[m], :] += dout[m, :]. Repeated ids collide, so the adds are atomic
-// (cupy.scatter_add, which the book used, no longer exists).
+// dW[ids[m], :] += dout[m, :], dW (V, D). Repeated ids collide, so the adds are atomic
+// (cupy.scatter_add, which the book used, no longer exists). An id outside [0, V) is
+// SKIPPED (its row adds nothing): the layers check ids, but not under trusted_ids(), and an
+// atomicAdd out of bounds would leave the CUDA context unusable.
 template <typename T>
 __global__ void embedding_scatter_add(T* __restrict__ dW, const int* __restrict__ ids,
-                                      const T* __restrict__ dout, long long M, int D) {
+                                      const T* __restrict__ dout, long long M, int D, long long V) {
     GRID_STRIDE(k, M * D) {
         long long m = k / D, d = k % D;
-        atomicAdd(dW + (long long)ids[m] * D + d, dout[k]);
+        long long id = ids[m];
+        if (id >= 0 && id < V) atomicAdd(dW + id * D + d, dout[k]);
     }
 }
 
 // One block of SOFTMAX_THREADS threads per row. Each row's softmax, its loss
 // -log p[label] / count and its gradient (p - onehot) / count in one kernel; rows with
-// label -1 are skipped (zero loss, zero gradient). count = number of labels != -1.
+// label -1 are skipped (zero loss, zero gradient), and so are rows whose label lies outside
+// [-1, V) (possible only under trusted_ids(); indexing with it would read and write out of
+// bounds). count = number of labels in [0, V) (the caller counts them so).
 #define SOFTMAX_THREADS 256
 
 template <typename T>
@@ -42,7 +47,7 @@ __global__ void softmax_cross_entropy(const T* __restrict__ scores, const int* _
     const T* s = scores + row * V;
     T* d = dscores + row * V;
     int label = labels[row];
-    if (label == -1) {
+    if (label < 0 || label >= V) {
         for (int v = threadIdx.x; v < V; v += SOFTMAX_THREADS) d[v] = T(0);
         if (threadIdx.x == 0) row_loss[row] = T(0);
         return;

@@ -193,3 +193,272 @@ def test_restrict_arguments_may_not_share_memory():
     X = np.ones((1, 1))
     with pytest.raises(ValueError, match="share memory"):
         fn((1,), (32,), (X, X, np.ones((1, 1)), np.int32(1), np.int32(1), np.int32(1)), shared_mem=8)
+
+
+# ---- issue 24: what the emulator models, and the faults it must catch --------------------
+
+def strict_backend(recurrence="cublas"):
+    be = CupyBackend(fake_cupy.make(strict=True), recurrence=recurrence)
+    be.name = "cupy-strict"
+    return be
+
+
+def test_the_strict_stand_in_refuses_every_host_read():
+    cp = fake_cupy.make(strict=True)
+    a = cp.ones(3)
+    for read in (int, float, bool, cp.asnumpy, lambda x: x.item(), lambda x: x.tolist()):
+        with pytest.raises(AssertionError, match="read back"):
+            read(a.sum())
+
+
+@pytest.mark.parametrize("recurrence", ["cublas", "fused"])
+def test_a_training_iteration_never_waits_on_the_device(recurrence):
+    """rnncore.app.train's inner step (Trainer._gradients, clip, update) on the strict stand-in,
+    with dropout, under trusted_ids as Trainer.fit runs it."""
+    from rnncore.app.train import Trainer
+    from rnncore.checks import trusted_ids
+    from rnncore.models import BetterRnnlm
+    from rnncore.optim import SGD, clip_grads
+
+    be = strict_backend(recurrence)
+    model = BetterRnnlm(13, wordvec_size=6, hidden_size=6, dropout=0.3, backend=be)
+    rng = np.random.default_rng(0)
+    trainer = Trainer.__new__(Trainer)  # only what _gradients reads
+    trainer.model, trainer.comm = model, rnncore.app.train.distributed.SINGLE
+    xs, ts = (be.asarray(rng.integers(0, 13, size=(3, 4))) for _ in range(2))
+    with trusted_ids():
+        for _ in range(2):
+            loss, _ = trainer._gradients(xs, ts, 0)
+            clip_grads(model.grads, 0.25, be)
+            SGD(0.1).update(model.params, model.grads, be)
+    assert isinstance(loss, fake_cupy.DeviceArray)
+
+
+def test_a_bench_pass_never_waits_on_the_device():
+    """rnncore bench's truncated pass checks the stream's ids once (a host array here, as the
+    bench passes it, or one read) and runs its chunks without reading anything back."""
+    from rnncore import bptt
+    from rnncore.models import Rnnlm
+
+    be = strict_backend()
+    model = Rnnlm(13, wordvec_size=5, hidden_size=6, backend=be)
+    rng = np.random.default_rng(1)
+    xs, ts = (be.asarray(rng.integers(0, 13, size=(2, 9))) for _ in range(2))
+    with pytest.raises(AssertionError, match="read back"):  # the once-per-stream check reads
+        bptt.truncated_pass(model, xs, ts, [3, 3, 3])
+    # that one check is the only read: with it satisfied, no chunk reads
+    import rnncore.checks as checks
+    seen = []
+    real = checks.expect_ids
+
+    def counting(*args):
+        seen.append(args[1])
+
+    try:
+        bptt.expect_ids = counting
+        bptt.truncated_pass(model, xs, ts, [3, 3, 3])
+    finally:
+        bptt.expect_ids = real
+    assert seen == ["xs", "ts"]
+
+
+def test_benchmark_steps_never_wait_on_the_device(monkeypatch):
+    """benchmarks/steps.py: the ids are checked once when the step is built, never in it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("steps", Path(__file__).parent.parent / "benchmarks" / "steps.py")
+    steps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(steps)
+    monkeypatch.setattr(steps, "V", 17)
+    monkeypatch.setattr(steps, "N_LM", 2)
+    monkeypatch.setattr(steps, "T_LM", 3)
+    monkeypatch.setitem(steps.MODELS, "rnnlm", dict(size=4, layers=1, dropout=0.0, tie=False))
+    be = strict_backend()
+    checked = []
+    monkeypatch.setattr(steps, "expect_ids", lambda *a: checked.append(a[1]))  # the build-time check reads
+    monkeypatch.setattr(steps, "Rnnlm", lambda V, backend: rnncore.models.Rnnlm(V, 4, 4, backend=backend))
+    step = steps.iteration_step(be, "rnnlm")
+    assert checked == ["xs", "ts"]
+    step()
+    step()
+    step = steps.layer_step(be, "lstm", (2, 3, 4))
+    step()
+
+
+def test_resuming_a_numpy_rng_state_on_cupy_reseeds_and_warns():
+    """CuPy's XORWOW.state is a method: a NumPy state from a CPU checkpoint cannot be assigned to
+    it. The cupy backend re-seeds deterministically from it and says so."""
+    be = CupyBackend(fake_cupy.make())
+    assert callable(be.rng.bit_generator.state)
+    numpy_state = rnncore.get_backend("numpy").rng_state()
+    masks = []
+    for _ in range(2):
+        with pytest.warns(RuntimeWarning, match="re-seeded deterministically"):
+            be.set_rng_state(numpy_state)
+        masks.append(be.dropout_mask((5, 7), 0.5, np.dtype(np.float32)))
+    np.testing.assert_array_equal(masks[0], masks[1])
+
+
+def test_a_cupy_rng_state_round_trips():
+    be = CupyBackend(fake_cupy.make())
+    be.seed(3)
+    be.dropout_mask((4, 4), 0.5, np.dtype(np.float32))
+    state = be.rng_state()
+    import json
+    state = json.loads(json.dumps(state))  # what a checkpoint stores
+    first = be.dropout_mask((6, 5), 0.5, np.dtype(np.float32))
+    be.seed(99)
+    be.set_rng_state(state)
+    np.testing.assert_array_equal(be.dropout_mask((6, 5), 0.5, np.dtype(np.float32)), first)
+
+
+def test_peak_memory_counts_only_what_the_block_allocates_and_nests():
+    be = CupyBackend(fake_cupy.make())
+    cp = be.xp
+    before = cp.empty(1000, dtype=np.float64)  # 8000 bytes, allocated before the block
+    with be.peak_memory() as outer:
+        del before  # freeing it gives the block nothing back
+        a = cp.empty(500, dtype=np.float64)  # 4096 bytes (rounded to 512)
+        with be.peak_memory() as inner:
+            b = cp.zeros(256, dtype=np.float64)  # 2048
+            del b
+        c = cp.ones(128, dtype=np.float64)  # 1024
+        del a, c
+    assert inner.peak_bytes == 2048
+    assert outer.peak_bytes == 4096 + 2048
+
+
+def test_tf32_is_process_wide_and_a_later_backend_leaves_it():
+    cp = fake_cupy.make()
+    fast = CupyBackend(cp, tf32=True)
+    assert fast.tf32
+    later = CupyBackend(cp)  # must not silently turn TF32 off for `fast`
+    assert fast.tf32 and later.tf32
+    later.set_tf32(False)
+    assert not fast.tf32 and not later.tf32
+    assert not CupyBackend(fake_cupy.make()).tf32  # a process's first backend: strict float32
+
+
+def guarded(array, pad=8):
+    """``array`` inside a larger buffer filled with a sentinel, and the buffer: writes out of
+    bounds land in the guard and are seen."""
+    flat = np.full(array.size + 2 * pad, 7.25, dtype=array.dtype)
+    inner = flat[pad:pad + array.size].reshape(array.shape)
+    inner[...] = array
+    return inner, flat, pad
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_out_of_range_ids_are_skipped_by_the_embedding_backward(dtype):
+    be = backend_by_name("cupy-emu")
+    V, D = 5, 3
+    dW, flat, pad = guarded(np.zeros((V, D), dtype=dtype), pad=2 * D)
+    ids = np.array([0, -1, 5, 7, 4, -3], dtype=np.int32)
+    dout = np.arange(ids.size * D, dtype=dtype).reshape(-1, D) + 1
+    be.embedding_scatter_add(dW, ids, dout)
+    assert np.all(flat[:pad] == 7.25) and np.all(flat[pad + V * D:] == 7.25), "written out of bounds"
+    expected = np.zeros((V, D), dtype=dtype)
+    for i, row in zip(ids, dout):
+        if 0 <= i < V:
+            expected[i] += row
+    np.testing.assert_array_equal(dW, expected)
+
+
+def test_out_of_range_labels_are_skipped_by_the_loss_kernel():
+    be = backend_by_name("cupy-emu")
+    M, V = 4, 6
+    scores = np.random.default_rng(0).standard_normal((M, V))
+    labels = np.array([2, V, -1, -2], dtype=np.int32)  # V and -2 are outside [-1, V)
+    loss, dscores = be.softmax_cross_entropy(scores, labels)
+    ref_loss, ref_d = be.softmax_cross_entropy(scores, np.array([2, -1, -1, -1], dtype=np.int32))
+    np.testing.assert_allclose(dscores, ref_d, atol=1e-15)
+    np.testing.assert_allclose(loss, ref_loss)
+
+
+def test_empty_is_stale_and_shared_memory_is_poisoned():
+    cp = fake_cupy.make()
+    assert np.isnan(cp.empty(3)).all() and np.isnan(cp.empty_like(np.ones(2, np.float32))).all()
+    src = ("template <typename T> __global__ void peek(T* out) {\n"
+           "  DYNAMIC_SHARED(T, s); __syncthreads(); out[threadIdx.x] = s[threadIdx.x]; }\n")
+    from rnncore import _kernels
+    code = _kernels.cuda_module_source("training.cu").split("// The rest")[0] + src
+    fn = cp.RawModule(code=code, name_expressions=["peek<float>"]).get_function("peek<float>")
+    out = np.zeros(4, np.float32)
+    fn((1,), (4,), (out,), shared_mem=16)
+    assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("grid, block, shared", [((1,), (1025,), 0), ((1,), (32, 32, 2), 0), ((0,), (32,), 0),
+                                                 ((1, 65536), (32,), 0), ((1,), (32,), 48 * 1024 + 1)])
+def test_launch_limits_are_asserted(grid, block, shared):
+    be = backend_by_name("cupy-emu")
+    fn = be._function("training.cu", "axpy", np.float64)
+    y = np.zeros(4)
+    with pytest.raises(ValueError, match="limits|threads a block|shared memory"):
+        fn(grid, block, (y, np.ones(4), np.float64(1), np.int64(4)), shared_mem=shared)
+
+
+@pytest.mark.parametrize("size", [1, 257, 3000])
+def test_grid_stride_kernels_over_several_blocks_and_rounds(size):
+    """axpy and embedding_scatter_add with the block cap at 2: every thread takes several items."""
+    be = CupyBackend(fake_cupy.make())
+    be._max_blocks = 2
+    rng = np.random.default_rng(size)
+    y, x = rng.standard_normal(size), rng.standard_normal(size)
+    expected = y + 0.5 * x
+    be.axpy_(0.5, x, y)
+    np.testing.assert_allclose(y, expected, rtol=1e-15)
+    V, D = 7, 3
+    ids = rng.integers(0, V, size=-(-size // D)).astype(np.int32)
+    dout = rng.standard_normal((ids.size, D))
+    dW = np.zeros((V, D))
+    be.embedding_scatter_add(dW, ids, dout)
+    ref = np.zeros((V, D))
+    np.add.at(ref, ids, dout)
+    np.testing.assert_allclose(dW, ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("cell", cells.CELLS.values(), ids=list(cells.CELLS))
+@pytest.mark.parametrize("N", [16, 32])
+def test_warp_dot_rows_at_16_and_32(strategy, cell, N):
+    """A lane's DOT_ROWS = 16 rows exactly, and two rounds of them."""
+    p = problem(cell, N, 2, 5, np.float64, seed=N, ends=True)
+    assert_matches_numpy(backend_by_name(strategy), cell, p, np.float64)
+
+
+MUTATIONS = {
+    "a __syncthreads() removed from the fused backward step": (
+        "recurrence.cu", "        }\n    }\n    __syncthreads();\n    for (int idx", "        }\n    }\n    for (int idx"),
+    "a shortened grid-stride step": (
+        "common.cuh", "k += (long long)blockDim.x * gridDim.x", "k += (long long)blockDim.x * gridDim.x - 1"),
+}
+
+
+@pytest.mark.parametrize("mutation", list(MUTATIONS))
+def test_mutated_kernels_fail_the_parity_tests(monkeypatch, mutation):
+    """Each mutation of the kernel source, compiled and run, breaks a parity test above."""
+    from rnncore import _kernels
+
+    filename, old, new = MUTATIONS[mutation]
+    source = _kernels.cuda_module_source
+
+    def mutated(name):
+        text = source(name)
+        return text.replace(old, new, 1)
+
+    assert old in (source("recurrence.cu") if filename == "recurrence.cu" else source("training.cu"))
+    monkeypatch.setattr(_kernels, "cuda_module_source", mutated)
+    be = CupyBackend(fake_cupy.make(), recurrence="fused")
+    be._max_blocks = 2
+    failures = 0
+    p = problem(cells.LSTM, 5, 3, 6, np.float64, seed=5, ends=True)
+    try:
+        assert_matches_numpy(be, cells.LSTM, p, np.float64)
+    except AssertionError:
+        failures += 1
+    y, x = np.zeros(1000), np.ones(1000)
+    be.axpy_(1.0, x, y)
+    failures += not np.array_equal(y, x)
+    assert failures, f"{mutation}: every check still passes"

@@ -6,11 +6,21 @@ of ``kernels/recurrence.cu`` are templates over the cell (``kernels/cells.cuh``)
 step runs (a cuBLAS GEMM plus the cell's gate kernel, or one fused kernel) is a strategy the
 backend picks once (``CublasSteps``, ``FusedSteps``). Nothing here reads a value back to the
 host, so a training iteration never waits on the device.
-Strict float32: CuPy's GEMMs use TF32 only if the user sets CUPY_TF32=1.
+
+TF32 is process-wide (CuPy keeps one GEMM compute type per dtype for the whole process), and
+so is the rule: the first CupyBackend of a process (per CuPy module) sets it, from its
+``tf32`` argument, else RNNCORE_TF32=1, else strict float32 whatever CUPY_TF32 says. A later
+instance changes it only when given ``tf32=`` explicitly; ``set_tf32`` changes it for every
+instance, and every instance's ``.tf32`` reads the current setting.
 """
+import base64
 import contextlib
+import hashlib
 import importlib
+import itertools
+import json
 import os
+import warnings
 
 import numpy as np
 
@@ -43,7 +53,6 @@ class CupyBackend(Backend):
     def __init__(self, cupy_module=None, recurrence=None, tf32=None):
         cp = cupy_module or importlib.import_module("cupy")
         self.recurrence = recurrence or os.environ.get("RNNCORE_CUPY_RECURRENCE", "cublas")
-        self.tf32 = os.environ.get("RNNCORE_TF32") == "1" if tf32 is None else bool(tf32)
         if self.recurrence not in ("cublas", "fused"):
             raise ValueError(f"recurrence must be 'cublas' or 'fused', got {self.recurrence!r}")
         try:
@@ -58,18 +67,59 @@ class CupyBackend(Backend):
         self._functions = {}
         sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._max_blocks = 32 * sms
-        if cupy_module is None:  # the real CuPy (the CPU stand-in has no cuBLAS modes)
-            self.set_tf32(self.tf32)
+        linalg = self._linalg()
+        if tf32 is not None:
+            self.set_tf32(tf32)
+        elif id(linalg) not in _TF32_CHOSEN:  # the process's first backend: strict unless asked
+            self.set_tf32(os.environ.get("RNNCORE_TF32") == "1")
         super().__init__()
+
+    def _linalg(self):
+        """CuPy's GEMM settings module (``cupy._core._routines_linalg``; the CPU stand-in has its own)."""
+        return importlib.import_module(f"{self.xp.__name__}._core._routines_linalg")
+
+    @property
+    def tf32(self):
+        """Whether cuBLAS may round float32 GEMM inputs to TF32: CuPy's current, process-wide setting."""
+        linalg = self._linalg()
+        return linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32
 
     def set_tf32(self, on):
         """Let cuBLAS round float32 GEMM inputs to TF32 (faster, about 1e-3 relative error), or
-        not. rnncore sets strict float32 when it starts, whatever CUPY_TF32 says, unless asked.
-        (CuPy's compute type is process-wide; the recurrences' own kernels are always float32.)"""
-        linalg = importlib.import_module("cupy._core._routines_linalg")
+        not. Process-wide: it changes every CupyBackend's GEMMs and ``.tf32`` (see the module
+        docstring for who sets it first). The recurrences' own kernels are always float32."""
+        linalg = self._linalg()
         mode = linalg.COMPUTE_TYPE_TF32 if on else linalg.COMPUTE_TYPE_FP32
         linalg.set_compute_type(np.float32, mode)
-        self.tf32 = bool(on)
+        _TF32_CHOSEN.add(id(linalg))
+
+    # randomness --------------------------------------------------------------
+    def rng_state(self):
+        """The generator's state as host data: CuPy's XORWOW keeps its cuRAND states in device
+        memory (``bit_generator.state()`` is a method returning their address), so this copies
+        them back, once per checkpoint."""
+        bg = self.rng.bit_generator
+        raw = self.xp.asnumpy(bg._state)
+        return {"bit_generator": f"cupy.{type(bg).__name__}", "size": int(bg._size),
+                "state": base64.b64encode(raw.tobytes()).decode("ascii")}
+
+    def set_rng_state(self, state):
+        """Put the generator back where ``rng_state()`` found it. A state this backend cannot
+        continue (NumPy's, from a checkpoint made on the CPU; another generator or size) re-seeds
+        deterministically from it instead, and warns: dropout masks differ from the saving run."""
+        bg = self.rng.bit_generator
+        kind = state.get("bit_generator") if isinstance(state, dict) else None
+        if kind == f"cupy.{type(bg).__name__}" and state.get("size") == int(bg._size):
+            raw = np.frombuffer(base64.b64decode(state["state"]), dtype=np.int8)
+            if raw.size == bg._state.size:
+                bg._state[...] = self.xp.asarray(raw)
+                return
+        text = json.dumps(state, sort_keys=True, default=str)
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        warnings.warn(f"the saved random state ({kind or type(state).__name__}) cannot be continued by CuPy's "
+                      f"generator: re-seeded deterministically from it, so dropout masks differ from the run "
+                      f"that saved it", RuntimeWarning, stacklevel=2)
+        self.seed(seed)
 
     # arrays ----------------------------------------------------------------
     def to_numpy(self, a):
@@ -80,7 +130,9 @@ class CupyBackend(Backend):
 
     @contextlib.contextmanager
     def peak_memory(self):
-        """Peak bytes taken from CuPy's pool inside the block, above what was in use at its start."""
+        """Peak bytes taken from CuPy's pool inside the block, above what was in use at its start:
+        only blocks allocated inside it count (freeing an older one gives nothing back), and
+        blocks nest (each hook has its own name: CuPy refuses two hooks of one name)."""
         hook = _peak_hook(self.xp)
         report = MemoryReport()
         with hook:
@@ -192,7 +244,8 @@ class CupyBackend(Backend):
         M, D = dout.shape
         fn = self._function("training.cu", "embedding_scatter_add", dW.dtype)
         ids = cp.ascontiguousarray(ids, dtype=cp.int32)
-        self._launch(fn, M * D, (dW, ids, cp.ascontiguousarray(dout), np.int64(M), np.int32(D)))
+        # ids outside [0, V) (possible only under trusted_ids) are skipped by the kernel
+        self._launch(fn, M * D, (dW, ids, cp.ascontiguousarray(dout), np.int64(M), np.int32(D), np.int64(dW.shape[0])))
 
     def dropout_mask(self, shape, ratio, dtype):
         mask = self.rng.random(shape, dtype=dtype)
@@ -212,7 +265,9 @@ class CupyBackend(Backend):
         fn = self._function("training.cu", "softmax_cross_entropy", scores.dtype)
         scores = cp.ascontiguousarray(scores)
         labels = cp.ascontiguousarray(labels, dtype=cp.int32)
-        count = cp.asarray((labels != -1).sum(dtype=cp.int32))  # a 0-d device array: no sync
+        # labels outside [-1, V) (possible only under trusted_ids) are skipped like -1, by the
+        # kernel and in the count; a 0-d device array: no sync
+        count = cp.asarray(((labels >= 0) & (labels < V)).sum(dtype=cp.int32))
         dscores = cp.empty_like(scores)
         row_loss = cp.empty(M, dtype=scores.dtype)
         fn((M,), (THREADS,), (scores, labels, count, dscores, row_loss, np.int32(V)))
@@ -289,21 +344,29 @@ def _states_before(cell, t, hs, saved, states0):
     return states[0], states[1] if len(states) > 1 else NULL
 
 
+_TF32_CHOSEN = set()  # ids of the GEMM settings modules a backend has set TF32 on
+_HOOK_IDS = itertools.count()
+
+
 def _peak_hook(cp):
-    """A CuPy memory hook that tracks bytes in use from the pool and their peak."""
+    """A CuPy memory hook that tracks the bytes of the pool blocks taken while it is registered
+    and still held, and their peak. CuPy calls the callbacks with keyword arguments."""
 
     class PeakHook(cp.cuda.MemoryHook):
-        name = "rnncore_peak"
-
         def __init__(self):
+            self.name = f"rnncore_peak_{next(_HOOK_IDS)}"  # unique: nested blocks each have one
             self.in_use = 0
             self.peak = 0
+            self.mine = {}  # pointer -> bytes, for blocks taken inside
 
-        def malloc_postprocess(self, device_id, size, mem_size, mem_ptr, pmem_id):
-            self.in_use += mem_size
+        def malloc_postprocess(self, **kw):
+            if not kw.get("mem_ptr"):
+                return
+            self.mine[kw["mem_ptr"]] = kw["mem_size"]
+            self.in_use += kw["mem_size"]
             self.peak = max(self.peak, self.in_use)
 
-        def free_postprocess(self, device_id, mem_size, mem_ptr, pmem_id):
-            self.in_use -= mem_size
+        def free_postprocess(self, **kw):
+            self.in_use -= self.mine.pop(kw.get("mem_ptr"), 0)  # a block from before: not counted
 
     return PeakHook()

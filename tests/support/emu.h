@@ -52,6 +52,9 @@ inline Fiber* current = nullptr;
 inline std::function<void()> body;
 inline std::vector<std::vector<unsigned char>> block_shared;  // dynamic shared memory, one per live block
 inline unsigned char* shared_now = nullptr;
+// Dynamic shared memory starts as all-ones bytes: NaN as float and as double, so a read of
+// shared memory no thread wrote poisons the result (0xA5 read as about -3e-16: as good as 0).
+constexpr unsigned char POISON = 0xFF;
 
 inline void wait(State barrier) {
     if (current == nullptr) {  // a synchronizing call in the sequential path
@@ -188,7 +191,7 @@ void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, v
                 for (unsigned x = 0; x < block[0]; ++x) fn(dim3{x, y, z});
     };
     // Poisoned, not zeroed: a kernel that reads shared memory it never wrote should fail here too.
-    block_shared.assign(cooperative ? blocks : 1, std::vector<unsigned char>(shared_bytes + 16, 0xA5));
+    block_shared.assign(cooperative ? blocks : 1, std::vector<unsigned char>(shared_bytes + 16, POISON));
     shared_now = block_shared[0].data();
     if (!synchronizes) {
         each_block([&](dim3 b, unsigned) {
@@ -232,7 +235,7 @@ void launch(void (*kernel)(P...), const unsigned* grid, const unsigned* block, v
         schedule(blocks);
     } else {
         each_block([&](dim3 b, unsigned) {
-            std::fill(block_shared[0].begin(), block_shared[0].end(), 0xA5);
+            std::fill(block_shared[0].begin(), block_shared[0].end(), POISON);
             fibers.clear();
             fibers.reserve(threads);
             make_fibers(b, 0);
