@@ -1,8 +1,9 @@
 """Language models built from the Time layers: the book's SimpleRnnlm, Rnnlm and BetterRnnlm.
 
 All three are one class, ``RecurrentLM``: embedding -> (dropout) -> recurrent layers ->
-(dropout) -> affine -> softmax loss. Weights are drawn on the host from a seeded NumPy
-generator with the book's scales, so a seed gives the same model on every backend.
+(dropout) -> affine -> softmax loss; ``embedding=False`` feeds the first recurrent layer one-hot
+vectors of the vocabulary instead, as d2l's ``RNNLMScratch`` does. Weights are drawn on the host
+from a seeded NumPy generator with the book's scales, so a seed gives the same model on every backend.
 """
 import numpy as np
 
@@ -10,6 +11,23 @@ from .backends import get_backend
 from .layers import TimeAffine, TimeDropout, TimeEmbedding, TimeGRU, TimeLSTM, TimeRNN, TimeSoftmaxWithLoss
 
 CELLS = {"rnn": TimeRNN, "lstm": TimeLSTM, "gru": TimeGRU}
+
+
+class TimeOneHot:
+    """Ids (N, T) -> one-hot rows (N, T, V) in the model's dtype: d2l's ``F.one_hot`` input.
+    No parameters; its input gradient is None, like an embedding's."""
+
+    params, grads = [], []
+
+    def __init__(self, vocab_size, backend, dtype="float32"):
+        self.vocab_size, self.backend, self.dtype = vocab_size, backend, dtype
+
+    def forward(self, ids):
+        xp = self.backend.xp
+        return (ids[..., None] == xp.arange(self.vocab_size)).astype(self.dtype)
+
+    def backward(self, dout):
+        return None
 
 
 class RecurrentLM:
@@ -33,9 +51,14 @@ class RecurrentLM:
         backend=None,
         dtype="float32",
         seed=0,
+        embedding=True,
     ):
+        if not embedding:  # the first layer reads one-hot vectors: its input width is the vocabulary's
+            wordvec_size = vocab_size
         if cell not in CELLS:
             raise ValueError(f"cell must be one of {', '.join(CELLS)}, got {cell!r}")
+        if tie_weights and not embedding:
+            raise ValueError("tie_weights needs an embedding to tie")
         if tie_weights and wordvec_size != hidden_size:
             raise ValueError(f"tie_weights needs wordvec_size == hidden_size, got {wordvec_size} and {hidden_size}")
         if num_layers < 1 or vocab_size < 1:
@@ -49,6 +72,7 @@ class RecurrentLM:
             dropout=float(dropout),
             tie_weights=bool(tie_weights),
             dtype=str(np.dtype(dtype)),
+            embedding=bool(embedding),
         )
         self.backend = be = get_backend(backend)
         rng = np.random.default_rng(seed)
@@ -62,8 +86,8 @@ class RecurrentLM:
 
         layer = CELLS[cell]
         G = layer.cell.gates * H
-        embed_W = draw((V, D), 1 / 100)
-        self.embed = TimeEmbedding(embed_W, backend=be)
+        embed_W = draw((V, D), 1 / 100) if embedding else None
+        self.embed = TimeEmbedding(embed_W, backend=be) if embedding else TimeOneHot(V, be, dtype)
         biases = len(layer.cell.param_names) - 2
         self.rnn_layers = [
             layer(draw((D if k == 0 else H, G), 1 / np.sqrt(D if k == 0 else H)), draw((H, G), 1 / np.sqrt(H)),
@@ -185,4 +209,6 @@ def BetterRnnlm(vocab_size, wordvec_size=650, hidden_size=650, dropout=0.5, **kw
 def build_model(config, backend=None, seed=0):
     """A RecurrentLM from its ``config`` dict (as stored in checkpoints)."""
     keys = ("vocab_size", "wordvec_size", "hidden_size", "cell", "num_layers", "dropout", "tie_weights", "dtype")
-    return RecurrentLM(**{k: config[k] for k in keys}, backend=backend, seed=seed)
+    # checkpoints from before the one-hot option have an embedding
+    return RecurrentLM(**{k: config[k] for k in keys}, embedding=config.get("embedding", True), backend=backend,
+                       seed=seed)

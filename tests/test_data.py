@@ -269,3 +269,29 @@ def test_random_batches_restore_replays_an_epoch():
     again = [x.copy() for x, _ in batches]
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
+
+
+def test_window_batches_serve_a_window_at_every_position_once_per_epoch():
+    ids = np.arange(1000) * 3  # distinct tokens, so each window is known by its first token
+    batches = data.WindowBatches(ids, 64, 7, seed=2)
+    assert len(batches) == 16  # 993 windows: 15 of 64 and a short one of 33, as DataLoader serves them
+    seen = []
+    for x, t in batches:
+        assert x.shape[1] == 7 and len(x) in (64, 33)
+        np.testing.assert_array_equal(x[:, 1:], t[:, :-1])  # the target is the input moved by one
+        np.testing.assert_array_equal(t[:, -1], x[:, -1] + 3)
+        seen += list(x[:, 0] // 3)
+    assert sorted(seen) == list(range(993)) and seen != sorted(seen)
+    again = [s for x, _ in batches for s in x[:, 0] // 3]
+    assert sorted(again) == sorted(seen) and again != seen  # a new order each epoch
+
+
+def test_window_batches_in_order_for_evaluation_and_restore_replays():
+    ordered = data.WindowBatches(np.arange(100), 30, 4, shuffle=False)
+    np.testing.assert_array_equal(np.concatenate([x[:, 0] for x, _ in ordered]), np.arange(96))
+    batches = data.WindowBatches(np.arange(500), 16, 5, seed=4)
+    saved = batches.state()
+    first = [x.copy() for x, _ in batches]
+    batches.restore(saved)
+    for a, (b, _) in zip(first, batches):
+        np.testing.assert_array_equal(a, b)

@@ -195,12 +195,13 @@ def is_checkpoint(path):
 
 def param_shapes(config):
     """The shapes of ``build_model(config).params``, in order, worked out without building it
-    (tests hold the two together): embedding (V, D); per layer Wx, Wh and the cell's biases;
-    the output layer's W (H, V) unless tied to the embedding, and its bias (V,)."""
+    (tests hold the two together): embedding (V, D), none for one-hot input (``embedding``
+    false, D = V); per layer Wx, Wh and the cell's biases; the output layer's W (H, V) unless
+    tied to the embedding, and its bias (V,)."""
     V, D, H = config["vocab_size"], config["wordvec_size"], config["hidden_size"]
     cell = CELLS[config["cell"]].cell
     G = cell.gates * H
-    shapes = [(V, D)]
+    shapes = [(V, D)] if config.get("embedding", True) else []
     for k in range(config["num_layers"]):
         shapes += [(D if k == 0 else H, G), (H, G)] + [(G,)] * (len(cell.param_names) - 2)
     return shapes + ([] if config["tie_weights"] else [(H, V)]) + [(V,)]

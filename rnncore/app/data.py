@@ -426,3 +426,54 @@ class RandomBatches:
 
     def restore(self, state):
         self.rng.bit_generator.state = state["rng"]
+
+
+class WindowBatches(RandomBatches):
+    """d2l 1.0's ``TimeMachine`` sampling: a window of ``time_size + 1`` tokens starts at every
+    position (so windows overlap), and each epoch serves all of them shuffled, ``batch_size`` at
+    a time, the last batch short (PyTorch's DataLoader keeps it). ``shuffle=False``: in order,
+    for evaluation. Windows are independent: the state is reset before every batch."""
+
+    def __init__(self, ids, batch_size, time_size, seed=0, shuffle=True):
+        ids = np.asarray(ids)
+        if len(ids) < time_size + 1:
+            raise DataError(f"{len(ids)} tokens are too few for a window of {time_size} + 1")
+        self.ids, self.batch_size, self.time_size, self.shuffle = ids, batch_size, time_size, shuffle
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def windows(self):
+        return len(self.ids) - self.time_size
+
+    def __len__(self):
+        return -(-self.windows // self.batch_size)
+
+    def __iter__(self):
+        starts = np.arange(self.windows)
+        if self.shuffle:
+            self.rng.shuffle(starts)
+        for k in range(len(self)):
+            rows = starts[k * self.batch_size : (k + 1) * self.batch_size, None] + np.arange(self.time_size)
+            yield self.ids[rows], self.ids[rows + 1]
+
+
+# d2l 1.0's TimeMachine(batch_size=1024, num_steps=32, num_train=10000, num_val=5000)
+D2L_WINDOWS = dict(num_train=10000, num_val=5000)
+
+
+def d2l_split(corpus, time_size, num_train=None, num_val=None):
+    """The corpus re-split as d2l's ``TimeMachine`` does: over the whole text, in order, the
+    windows starting at 0..num_train-1 train, the next num_val validate (d2l has no test split;
+    here the num_val after those). Each split holds just the tokens its windows cover, so
+    ``WindowBatches`` over it gives exactly those windows. d2l's model never sees the rest of
+    the text. The vocabulary stays the corpus's."""
+    num_train = num_train or D2L_WINDOWS["num_train"]
+    num_val = num_val or D2L_WINDOWS["num_val"]
+    ids = np.concatenate([corpus[s] for s in SPLITS if s in corpus.splits])
+    bounds = {"train": (0, num_train), "valid": (num_train, num_train + num_val),
+              "test": (num_train + num_val, num_train + 2 * num_val)}
+    if len(ids) < bounds["test"][1] + time_size:
+        raise DataError(f"d2l's split needs {bounds['test'][1] + time_size} tokens (windows of {time_size} + 1 "
+                        f"at {2 * num_val + num_train} positions); the text has {len(ids)}")
+    splits = {s: ids[a : b + time_size] for s, (a, b) in bounds.items()}
+    return Corpus(corpus.vocab, splits, corpus.level, corpus.files, corpus.own_vocab)
