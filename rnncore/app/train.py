@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import checkpoint
-from .data import RandomBatches, SequentialBatches
+from . import checkpoint, distributed
+from .data import RandomBatches, SequentialBatches, WindowBatches
 from ..checks import trusted_ids
 from ..optim import clip_grads
 
@@ -52,18 +52,25 @@ def evaluation_rows(ids, time_size, preferred=10, stateful=True, split="a split"
     return min(preferred, (len(ids) - 1) // time_size)
 
 
-def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True):
+def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True, windows=False, comm=None):
     """exp(mean loss) over a split, dropout off.
 
     stateful: the book's layout (rows read consecutive chunks and carry their state).
-    Otherwise every ``time_size`` window starts from a zero state, as d2l evaluates.
-    The model's carried training state is put back afterwards.
+    Otherwise every ``time_size`` window starts from a zero state, as d2l evaluates: with
+    ``windows``, the windows starting at every position (d2l 1.0's ``TimeMachine``), else
+    non-overlapping ones from a random offset. The model's carried training state is put back
+    afterwards. ``comm`` (data parallel): each rank evaluates its rows of every batch and the
+    row-weighted losses are summed over the ranks.
     """
+    comm = comm or distributed.SINGLE
     be = model.backend
     V = model.config["vocab_size"]
     if ids.min() < 0 or ids.max() >= V:
         raise ValueError(f"the ids fall outside the model's vocabulary [0, {V - 1}]")
-    batches = (SequentialBatches if stateful else RandomBatches)(ids, batch_size, time_size)
+    if windows:
+        batches = WindowBatches(ids, batch_size, time_size, shuffle=False)
+    else:
+        batches = (SequentialBatches if stateful else RandomBatches)(ids, batch_size, time_size)
     saved = model.get_state()
     model.reset_state()
     total, count = 0, 0
@@ -72,11 +79,15 @@ def evaluate_perplexity(model, ids, batch_size=10, time_size=35, stateful=True):
             for xs, ts in batches:
                 if not stateful:
                     model.reset_state()
-                total = total + model.loss_layer.forward(model.predict(be.asarray(xs)), be.asarray(ts))
-                count += 1
+                count += len(xs)
+                r0, r1 = distributed.rows_of(comm.rank, comm.size, len(xs))
+                if r1 > r0:  # a short last batch may leave a rank no rows
+                    xs, ts = xs[r0:r1], ts[r0:r1]
+                    # weighted by rows: the last batch of windows is short
+                    total = total + model.loss_layer.forward(model.predict(be.asarray(xs)), be.asarray(ts)) * len(xs)
     finally:
         model.set_state(saved)
-    return perplexity(float(total) / count)
+    return perplexity(comm.sum(float(total)) / count)
 
 
 class Trainer:
@@ -90,11 +101,19 @@ class Trainer:
 
     def __init__(self, model, optimizer, batches, vocab, valid_ids=None, max_grad=None, eval_interval=20,
                  lr_decay=None, checkpoint_path=None, save_every=None, eval_batch_size=10, progress=True, log=None,
-                 run=None):
+                 run=None, comm=None):
         self.model, self.optimizer, self.batches, self.vocab, self.run = model, optimizer, batches, vocab, run
+        # data parallel (distributed.py): this rank's rows of each batch; one bar and one log, rank 0's
+        self.comm = comm or distributed.SINGLE
+        self.comm.rows(batches.batch_size)  # more ranks than rows: refused now
+        progress = progress and self.comm.rank == 0
+        log = log or (None if self.comm.rank == 0 else (lambda message: None))
         self.valid_ids, self.max_grad, self.eval_interval = valid_ids, max_grad, max(1, eval_interval)
         self.lr_decay, self.save_every = lr_decay, save_every
         # checked now, not after the first epoch
+        self.windows = isinstance(batches, WindowBatches)
+        if self.windows:  # every window of the split, as many rows at a time as training uses
+            eval_batch_size = batches.batch_size
         self.eval_batch_size = None if valid_ids is None else evaluation_rows(
             valid_ids, batches.time_size, eval_batch_size, batches.stateful, "the validation split")
         self.best_path = Path(checkpoint_path) if checkpoint_path else None
@@ -117,8 +136,11 @@ class Trainer:
             while self.epoch < epochs:
                 self._run_epoch(epochs, stop)
                 self._end_epoch()
-                if stop.requested:  # during the epoch's validation: all is saved now
-                    raise TrainingInterrupted(self._interrupted_message(), stop.requested)
+                stopping = stop.requested
+                if self.comm.size > 1:  # all ranks stop here, or none
+                    stopping = distributed.agreed_signal(self.comm.sum(distributed.SIGNAL_FLAGS.get(stopping, 0)))
+                if stopping:  # during the epoch's validation: all is saved now
+                    raise TrainingInterrupted(self._interrupted_message(), stopping)
         return self.history
 
     def _run_epoch(self, epochs, stop):
@@ -130,9 +152,8 @@ class Trainer:
         for xs, ts in batches:
             if not self.batches.stateful:
                 model.reset_state()
-            loss = model.forward(be.asarray(xs), be.asarray(ts))
-            model.backward()
-            if self.max_grad:
+            loss, agreed = self._gradients(xs, ts, stop)
+            if self.max_grad:  # after the reduction: the global norm
                 clip_grads(model.grads, self.max_grad, be)
             self.optimizer.update(model.params, model.grads, be)
             pending.append(loss)
@@ -141,18 +162,40 @@ class Trainer:
             self.progress.first_step_done()
             last = self.iteration == len(self.batches)
             save_now = bool(self.save_every) and self.iteration % self.save_every == 0 and not last
-            if len(pending) == self.eval_interval or last or save_now or stop.requested:
+            stopping = agreed if self.comm.size > 1 else stop.requested  # ranks: what all saw at the reduction
+            if len(pending) == self.eval_interval or last or save_now or stopping:
                 self._check_losses(pending)
                 pending = []
                 rate = tokens / (time.perf_counter() - started)
                 self.progress.show(self.epoch + 1, epochs, self.epoch * len(self.batches) + self.iteration,
                                    perplexity(self.epoch_loss / self.epoch_count), rate)
                 tokens, started = 0, time.perf_counter()
-                if stop.requested:
+                if stopping:
                     self._save_last()
-                    raise TrainingInterrupted(self._interrupted_message(), stop.requested)
+                    raise TrainingInterrupted(self._interrupted_message(), stopping)
                 if save_now:
                     self._save_last()
+
+    def _gradients(self, xs, ts, stop):
+        """Loss and gradients of the batch; data parallel, of this rank's rows, weighted by their
+        share and summed over the ranks. Returns the loss and the signal to stop on (0: none),
+        which under MPI all ranks agree on."""
+        be, model, comm = self.model.backend, self.model, self.comm
+        if comm.size == 1:
+            loss = model.forward(be.asarray(xs), be.asarray(ts))
+            model.backward()
+            return loss, stop.requested
+        r0, r1 = distributed.rows_of(comm.rank, comm.size, len(xs))
+        if r1 > r0:
+            model.share_rows(r0, r1, len(xs))
+            share = (r1 - r0) / len(xs)
+            loss = model.forward(be.asarray(xs[r0:r1]), be.asarray(ts[r0:r1])) * share
+            model.backward(share)
+        else:  # a short last batch left this rank no rows: it adds nothing
+            loss = be.xp.zeros((), dtype=model.dtype)
+            for g in model.grads:
+                g[...] = 0
+        return comm.reduce_iteration(model.grads, loss, stop.requested, be)
 
     def _check_corpus(self):
         """Ids checked once on the host, so device layers need not read them back each step."""
@@ -181,7 +224,7 @@ class Trainer:
                   "lr": self.optimizer.lr}
         if self.valid_ids is not None:
             ppl = evaluate_perplexity(self.model, self.valid_ids, self.eval_batch_size,
-                                      self.batches.time_size, self.batches.stateful)
+                                      self.batches.time_size, self.batches.stateful, self.windows, self.comm)
             record["valid_ppl"] = ppl
             if not math.isfinite(ppl):
                 raise TrainingDiverged(f"the validation perplexity became {ppl} after epoch {self.epoch + 1}; "
@@ -216,13 +259,23 @@ class Trainer:
 
     def _save_best(self):
         if self.best_path:
-            self._check_weights()
-            checkpoint.save(self.best_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+            self._save(self.best_path)
 
     def _save_last(self):
         if self.last_path:
-            self._check_weights()
-            checkpoint.save(self.last_path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+            self._save(self.last_path)
+
+    def _save(self, path):
+        self._check_weights()
+        if self.comm.size == 1:
+            checkpoint.save(path, self.model, self.vocab, self.optimizer, self.state(), self.run)
+            return
+        # data parallel: the weights are the same on every rank, the carried states are each
+        # rank's rows; rank 0 gathers them so the checkpoint holds the whole batch (any K resumes)
+        parts = self.comm.gather(self.model.get_state())
+        if self.comm.rank == 0:
+            checkpoint.save(path, _WholeBatch(self.model, parts), self.vocab, self.optimizer, self.state(), self.run)
+        self.comm.barrier()  # no rank reads the file before it is there
 
     def _check_weights(self):
         """Save finite weights only: the losses checked so far were computed before the last
@@ -250,6 +303,10 @@ class Trainer:
             raise checkpoint.CheckpointError(f"this checkpoint stopped at iteration {st['iteration']} of an epoch "
                                              f"of {len(self.batches)}; it was not trained on this data")
         self.model = ckpt.model
+        if self.comm.size > 1:  # the checkpoint holds every row's state: keep this rank's
+            r0, r1 = self.comm.rows(self.batches.batch_size)
+            self.model.set_state([[None if s is None else np.ascontiguousarray(s[r0:r1]) for s in layer]
+                                  for layer in self.model.get_state()])
         self.optimizer.load_state_dict(ckpt.optimizer_state, self.model.backend)
         self.epoch, self.iteration, self.history = st["epoch"], st["iteration"], st["history"]
         self.interval_ppl = st["interval_ppl"]
@@ -263,6 +320,20 @@ class Trainer:
     def _interrupted_message(self):
         where = f"; resume with --resume (state saved in {self.last_path})" if self.last_path else ""
         return f"interrupted at epoch {self.epoch + 1}, iteration {self.iteration}{where}"
+
+
+class _WholeBatch:
+    """The model as checkpoint.save sees it, with the carried states of all ranks' rows."""
+
+    def __init__(self, model, parts):
+        self._model, self._parts = model, parts
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def get_state(self):
+        return [[None if layer[0][k] is None else np.concatenate([rank[k] for rank in layer])
+                 for k in range(len(layer[0]))] for layer in zip(*self._parts)]
 
 
 def _all_ids(batches):
