@@ -1,35 +1,49 @@
 """rnncore bench: where BPTT's time and memory go as the truncation length T grows.
 
 A synthetic token stream of L steps and N rows (no download) trains a language model
-(embedding -> tanh RNN or LSTM -> affine -> softmax; D = H) through one pass: forward
+(embedding -> tanh RNN, LSTM or GRU -> affine -> softmax; D = H) through one pass: forward
 and backward over the stream in chunks of T steps, the state carried between chunks,
 the gradient cut at each chunk start. Every row of the sweep processes the same tokens.
-T runs over 5, 10, 20, 35, 70, 140, 280, 560 and L (full BPTT), cut regularly or at
-random lengths with mean T (d2l 9.7). Full BPTT is also run with checkpointing (keep
-every sqrt(L)-th state, recompute the rest) at growing L, to show memory ~ sqrt(L).
+T runs over 5, 10, 20, 35, 70, 140, 280, 560 and L (full BPTT), cut regularly, at random
+lengths with mean T, or by randomized truncation (d2l 9.7, unbiased: rnncore's backends
+only). Full BPTT is also run with checkpointing (keep every sqrt(L)-th state, recompute the
+rest) at growing L, to show memory ~ sqrt(L). --quick runs the LSTM only, regular cuts at
+T = 5, 35, 140 and full BPTT over L = 280 (float32, as always).
 
 Runners: each rnncore backend available here, and the peers where installed: PyTorch
 (cuDNN on a GPU, else the CPU) and the textbook layers (rnncore.app.textbook: one NumPy
-layer object per time step, as the book writes them).
+layer object per time step, as the books write them; its GRU is the books' form, r applied
+before the product, a different function from rnncore's and PyTorch's at the same cost).
+Each runner runs in a process of its own; Numba's compiled kernels are cached on disk, so
+only the first run compiles them (the progress line says so while it does).
 
 Each row (also the keys of --json's "rows"):
   backend        runner: numpy, numba, cupy, torch-cpu, torch-cuda, textbook
-  cell           rnn or lstm;  N, H: batch rows and hidden size;  L: stream length
+  cell           rnn, lstm or gru;  N, H: batch rows and hidden size;  L: stream length
   T              truncation length (T = L: full BPTT)
-  truncation     regular or randomized
+  truncation     regular, random (chunk lengths drawn around T) or randomized (d2l 9.7)
   checkpoint     segment length of checkpointed full BPTT, else null
-  time_per_token_s   median seconds per token of forward+backward over the stream
-                 (after a warm-up, device-synchronized); time_spread_s: [25th, 75th] percentile
+  time_per_token_s   median seconds per token of forward+backward over the stream, over
+                 the timed passes (after an untimed warm-up pass, device-synchronized);
+                 time_spread_s: [fastest, slowest] timed pass, per token
+  noisy          the timed passes range over more than 25% of their median: do not quote it
+  warm_up_s      seconds of the untimed warm-up pass (Numba compiles in a cell's first)
   tokens_per_s   N*L / median time
   peak_bytes     peak memory allocated during one pass (a separate, untimed run;
                  null where the runner cannot report it, e.g. PyTorch on the CPU)
   analytic_bytes what backward needs kept for one chunk: T*N*(H + kH + V) values,
-                 k = 1 (RNN: h) or 6 (LSTM: h, c, 4 gates), plus, when checkpointed,
-                 L/segment saved states
+                 k = 1 (RNN: h), 6 (LSTM: h, c, 4 gates) or 5 (GRU: h, 3 gates, h Wh_n),
+                 plus, when checkpointed, L/segment saved states
   grad_cosine    cosine between this pass's gradient of Wh and full BPTT's, same runner
+
+After the table, a summary per cell (--json's "summary"): at T = 35 (the books' truncation),
+the fastest runner's time per token and its speedup over the textbook peer and PyTorch; the
+peak memory of that truncation against full BPTT's; the shortest T whose gradient cosine
+with full BPTT reaches 0.99.
 """
 import json
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -38,31 +52,44 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from .. import bptt
 from ..backends import available_backends, get_backend
+from ..cells import CELLS
 from ..models import RecurrentLM
+from . import distributed, textbook
 from .options import positive
 
 SWEEP = (5, 10, 20, 35, 70, 140, 280, 560)
 QUICK_SWEEP = (5, 35, 140)
 FULL_LENGTHS = (1000, 2000, 4000)
-QUICK_FULL_LENGTHS = (500, 2000)
+TRUNCATIONS = ("regular", "random", "randomized")
+# one cell: each cell's first Numba run compiles its own recurrence kernels
+QUICK_CELLS = "lstm"
+SUMMARY_T = 35  # the books' truncation: the summary compares runners and memory there
+GOOD_COSINE = 0.99
+NOISY_SPREAD = 0.25  # (slowest - fastest) / median of a row's timed passes above this: noisy
+LOG_INTERVAL = 10  # seconds between progress lines on a stream that is not a terminal
+COMPILING = "compiling Numba kernels, first run only"
+clock = time.perf_counter  # tests swap in a fake clock
 
 
 def add_arguments(p):
-    p.add_argument("--quick", action="store_true", help="a smaller sweep that runs in under a minute on 2 cores")
+    p.add_argument("--quick", action="store_true",
+                   help="the LSTM, regular truncation at T = 5, 35, 140 and full BPTT over L = 280, N = 8, "
+                        "H = 64: under a minute on 2 cores, compiling included")
     p.add_argument("--backend", help="comma-separated backends (default: every one available here)")
-    p.add_argument("--cell", default="rnn,lstm", help="rnn, lstm or both (default rnn,lstm)")
+    p.add_argument("--cell", help="comma-separated cells: rnn, lstm, gru (default rnn,lstm; quick lstm)")
     p.add_argument("--hidden", type=positive(int), help="hidden size H (default 128; quick 64)")
     p.add_argument("--batch", type=positive(int), help="rows N (default 16; quick 8)")
     p.add_argument("--length", type=positive(int), help="stream length L (default 1120; quick 280)")
     p.add_argument("--vocab", type=positive(int), default=64, help="synthetic vocabulary size (default 64)")
     p.add_argument("--repeats", type=positive(int), help="timed passes per row (default 5; quick 3)")
     p.add_argument("--no-peers", action="store_true", help="skip PyTorch and the textbook layers")
-    p.add_argument("--json", help="write the rows (and the machine) as JSON here")
+    p.add_argument("--json", help="write the rows, the summary and the machine as JSON here")
     p.add_argument("--plot", help="write time and memory against T as a PNG here (needs matplotlib)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the stream and the weights (default 0)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="run every runner in this process (default: one subprocess per runner)")
 
@@ -70,16 +97,15 @@ def add_arguments(p):
 def run(args):
     settings = _settings(args)
     names = _runner_names(settings)
-    total = sum(len(_specs(name, settings)) for name in names) * len(settings["cells"])
-    rows, done = [], 0
-    for name in names:
-        # One process per runner: two thread pools (Numba's OpenMP, PyTorch's) left spinning
-        # in one process would slow whichever runs next and skew the comparison.
-        task = dict(runner=name, settings=settings, offset=done, total=total)
-        rows += _in_subprocess(task) if args.isolate else _run_runner(task)
-        done += len(_specs(name, settings)) * len(settings["cells"])
+    comm = distributed.communicator()
+    rows, info = _collect(names, settings, args.isolate, comm)
+    if comm.rank > 0:  # rank 0 writes the merged result
+        return 0
+    summary = summarize(rows, settings)
     print(format_table(rows))
-    report = {"machine": machine(), "settings": settings, "rows": rows}
+    print()
+    print(format_summary(summary))
+    report = {"machine": {**machine(), **info}, "settings": settings, "rows": rows, "summary": summary}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))
@@ -89,50 +115,169 @@ def run(args):
     return 0
 
 
-def _in_subprocess(task):
-    result = subprocess.run([sys.executable, "-m", "rnncore.app.bench", json.dumps(task)], stdout=subprocess.PIPE, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"the {task['runner']} runner failed (exit status {result.returncode})")
-    return json.loads(result.stdout)
-
-
-def _run_runner(task):
-    s, name = task["settings"], task["runner"]
-    runner = _make_runner(name)
-    progress = _Progress(task["total"], task["offset"])
-    rows, full_grads = [], {}
-    for cell in s["cells"]:
-        for spec in _specs(name, s):
-            progress.show(f"{runner.name} {cell} L={spec['L']} T={spec['T']} {spec['truncation']}")
-            rows.append(_measure(runner, cell, spec, s, full_grads))
-    progress.done()
-    return rows
-
-
 def _settings(args):
     q = args.quick
+    cells = args.cell or (QUICK_CELLS if q else "rnn,lstm")
     s = dict(N=args.batch or (8 if q else 16), H=args.hidden or (64 if q else 128), V=args.vocab,
              L=args.length or (280 if q else 1120), repeats=args.repeats or (3 if q else 5), seed=args.seed,
-             cells=[c.strip() for c in args.cell.split(",") if c.strip()], peers=not args.no_peers,
+             quick=q, cells=[c.strip() for c in cells.split(",") if c.strip()], peers=not args.no_peers,
              backends=[b.strip() for b in args.backend.split(",")] if args.backend else available_backends())
-    for name, option in (("N", "batch"), ("H", "hidden"), ("L", "length"), ("V", "vocab"), ("repeats", "repeats")):
-        if s[name] < 1:
-            raise ValueError(f"--{option} must be positive")
-    if not set(s["cells"]) <= {"rnn", "lstm"} or not s["cells"]:
-        raise ValueError(f"--cell takes rnn, lstm or both, got {args.cell!r}")
+    if not set(s["cells"]) <= set(CELLS) or not s["cells"]:
+        raise ValueError(f"--cell takes {', '.join(CELLS)} or several, comma-separated; got {cells!r}")
     s["sweep"] = [T for T in (QUICK_SWEEP if q else SWEEP) if T < s["L"]] + [s["L"]]
-    s["full_lengths"] = list(QUICK_FULL_LENGTHS if q else FULL_LENGTHS)
+    # the quick sweep leaves out what its summary does not use: random and randomized cuts,
+    # and checkpointed full BPTT (streams of up to 4000 steps)
+    s["truncations"] = ["regular"] if q else list(TRUNCATIONS)
+    s["full_lengths"] = [] if q else list(FULL_LENGTHS)
     return s
 
 
 def _specs(runner_name, s):
-    specs = [dict(T=T, truncation=kind, L=s["L"], checkpoint=None)
-             for kind in ("regular", "randomized") for T in s["sweep"] if not (kind == "randomized" and T == s["L"])]
-    if runner_name in s["backends"]:  # checkpointed full BPTT is rnncore's
-        for L in s["full_lengths"]:
-            specs.append(dict(T=L, truncation="regular", L=L, checkpoint=None))
-            specs.append(dict(T=L, truncation="regular", L=L, checkpoint=max(1, int(round(math.sqrt(L))))))
+    """The rows one runner measures, full BPTT first: its gradient is what the others' cosines
+    compare with. Randomized truncation and checkpointing are rnncore's (the peers' layers run a
+    whole chunk in one call and cannot scale or restart the gradient within it)."""
+    ours = runner_name in s["backends"]
+    L = s["L"]
+    specs = [dict(T=L, truncation="regular", L=L, checkpoint=None)]
+    for kind in s["truncations"]:
+        if ours or kind != "randomized":
+            specs += [dict(T=T, truncation=kind, L=L, checkpoint=None) for T in s["sweep"] if T < L]
+    for length in s["full_lengths"] if ours else ():
+        segment = max(1, int(round(math.sqrt(length))))
+        specs += [dict(T=length, truncation="regular", L=length, checkpoint=c) for c in (None, segment)]
     return specs
+
+
+def _runner_names(s):
+    """The runners to run. Checked here without importing Numba or PyTorch (a second or three
+    each): the runners' own processes import them."""
+    names = list(s["backends"])
+    for name in names:
+        if name not in available_backends():
+            get_backend(name)  # raises, naming the extra to install
+    if s["peers"]:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is not None:
+            names.append("torch")
+        names.append("textbook")
+    return names
+
+
+# running ---------------------------------------------------------------------------------
+def _collect(names, s, isolate, comm=distributed.SINGLE):
+    """Every runner's rows, the progress line fed by their events; and what the runners said of
+    the machine (versions, threads). Under mpiexec the (runner, cell) pairs are dealt out over
+    the ranks (each pair's rows depend on nothing else) and rank 0 gathers the rows; ranks that
+    share a machine's cores slow each other, so spread a timing sweep over machines or GPUs."""
+    rows, info = {}, {}  # rows per (runner, cells) pair
+    # one process: each runner's cells in one go; ranks: (runner, cell) pairs, for a finer deal
+    groups = [[cell] for cell in s["cells"]] if comm.size > 1 else [s["cells"]]
+    mine = [(name, tuple(cells)) for name in names for cells in groups][comm.rank::comm.size]
+    lengths = [spec["L"] for name, _ in mine for spec in _specs(name, s)]
+    with _Progress(lengths, s["repeats"], None if comm.rank == 0 else open(os.devnull, "w")) as progress:
+        for name, cells in mine:
+            # One process per runner: two thread pools (Numba's, PyTorch's OpenMP) left spinning
+            # in one process slow whichever runs next and skew the comparison. The Numba cache
+            # is on disk, so no process compiles what an earlier run compiled.
+            task = dict(runner=name, settings={**s, "cells": list(cells)})
+            rows[name, cells] = []
+            for event in _in_subprocess(task) if isolate else _run_runner(task):
+                if "machine" in event:
+                    info.update(event["machine"])
+                elif "row" in event:
+                    rows[name, cells].append(event["row"])
+                    progress.finish(event["row"]["L"], event["seconds"], event["passes"])
+                else:
+                    progress.start(event["label"], event["compiling"])
+    if comm.size > 1:
+        gathered = comm.gather((rows, info))
+        if comm.rank > 0:
+            return [], {}
+        for part_rows, part_info in gathered:
+            rows.update(part_rows)
+            info.update(part_info)
+    # in the order of one process's sweep: by runner, then as _display_order says
+    return [row for name in names for row in sorted((r for (n, _), got in rows.items() if n == name for r in got),
+                                                    key=lambda r: _display_order(r, s))], info
+
+
+def _display_order(row, s):
+    """The sweep first (by truncation, then T), then the checkpointed lengths."""
+    return (row["L"] != s["L"] or row["checkpoint"] is not None, row["L"], s["cells"].index(row["cell"]),
+            TRUNCATIONS.index(row["truncation"]), row["checkpoint"] or 0, row["T"])
+
+
+def _in_subprocess(task):
+    """A runner's events from a process of its own, as it sends them (a JSON object a line)."""
+    command = [sys.executable, "-m", "rnncore.app.bench", json.dumps(task)]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as child:
+        yield from (json.loads(line) for line in child.stdout)
+    if child.returncode != 0:
+        raise RuntimeError(f"the {task['runner']} runner failed (exit status {child.returncode})")
+
+
+def _run_runner(task):
+    """Yield a runner's events: what it says of the machine; then per row a label (before its
+    warm-up) and the row."""
+    s = task["settings"]
+    runner = _make_runner(task["runner"])
+    yield {"machine": runner.machine()}
+    for cell in s["cells"]:
+        reference = {}
+        for k, spec in enumerate(_specs(task["runner"], s)):
+            # Numba compiles a cell's kernels in its first pass (float32 only; the same kernels
+            # serve every truncation, randomized and checkpointed passes included)
+            yield from _row_events(runner, cell, spec, s, reference, compiling=k == 0 and runner.name == "numba")
+
+
+def _row_events(runner, cell, spec, s, reference, compiling=False):
+    """One row: an untimed warm-up pass (where Numba compiles; its gradient is the row's), the
+    timed passes, then a pass for peak memory. The row event carries the seconds after the
+    warm-up, from which the progress line's ETA is reckoned."""
+    label = f"{runner.name} {cell} T={spec['T']} {spec['truncation']}" + (
+        f" L={spec['L']} checkpoint={spec['checkpoint']}" if spec["checkpoint"] else "")
+    yield {"label": f"{runner.name} {cell}: {COMPILING}" if compiling else label, "compiling": compiling}
+    L, N = spec["L"], s["N"]
+    model = runner.build(cell, s)
+    xs, ts = runner.stream(*synthetic_stream(N, L, s["V"], s["seed"]))
+    one_pass = _pass(runner, model, xs, ts, spec, s["seed"])
+    start = clock()
+    grad = runner.grad_wh(model, one_pass())  # the warm-up, never timed
+    warm_up = clock() - start
+    if compiling:
+        yield {"label": label, "compiling": False}
+    start = clock()
+    times = []
+    for _ in range(s["repeats"]):
+        began = clock()
+        one_pass()
+        runner.sync()
+        times.append(clock() - began)
+    peak = runner.peak_bytes(one_pass)
+    if spec["T"] == L and spec["truncation"] == "regular" and spec["checkpoint"] is None:
+        reference[(cell, L)] = grad
+    median = statistics.median(times)
+    row = dict(backend=runner.name, cell=cell, N=N, H=s["H"], L=L, T=spec["T"], truncation=spec["truncation"],
+               checkpoint=spec["checkpoint"], time_per_token_s=median / (N * L),
+               time_spread_s=[min(times) / (N * L), max(times) / (N * L)],
+               noisy=(max(times) - min(times)) > NOISY_SPREAD * median, warm_up_s=warm_up,
+               tokens_per_s=N * L / median if median > 0 else float("inf"), peak_bytes=peak,
+               analytic_bytes=analytic_bytes(cell, N, s["H"], s["V"], L if spec["truncation"] == "randomized"
+                                             else spec["T"], 4, L, spec["checkpoint"]),
+               grad_cosine=_cosine(grad, reference[(cell, L)]))
+    yield {"row": row, "seconds": clock() - start, "passes": s["repeats"] + 1}
+
+
+def _pass(runner, model, xs, ts, spec, seed):
+    """The row's pass over the stream, as a function of nothing."""
+    L, T = spec["L"], spec["T"]
+    if spec["checkpoint"]:
+        return lambda: runner.checkpointed(model, xs, ts, spec["checkpoint"])
+    if spec["truncation"] == "randomized":
+        return lambda: runner.randomized(model, xs, ts, T, seed)
+    lengths = bptt.regular_lengths(L, T) if spec["truncation"] == "regular" else bptt.random_lengths(L, T, seed)
+    return lambda: runner.truncated(model, xs, ts, lengths)
 
 
 def synthetic_stream(N, L, V, seed):
@@ -146,46 +291,12 @@ def synthetic_stream(N, L, V, seed):
 
 
 def analytic_bytes(cell, N, H, V, T, itemsize, L=None, checkpoint=None):
-    kept = 1 if cell == "rnn" else 6
+    c = CELLS[cell]
+    kept = 1 if c.gates_are_h else 1 + c.gates + len(c.saved)  # h, then the gates and saved arrays
     per_step = N * (H + kept * H + V) * itemsize
     if checkpoint:
-        return int(min(checkpoint, L) * per_step + math.ceil(L / checkpoint) * N * H * (1 if cell == "rnn" else 2) * itemsize)
+        return int(min(checkpoint, L) * per_step + math.ceil(L / checkpoint) * N * H * len(c.states) * itemsize)
     return int(T * per_step)
-
-
-def _measure(runner, cell, spec, s, full_grads):
-    L, N = spec["L"], s["N"]
-    xs, ts = synthetic_stream(N, L, s["V"], s["seed"])
-    model = runner.build(cell, s)
-    if spec["truncation"] == "regular":
-        lengths = bptt.regular_lengths(L, spec["T"])
-    else:
-        lengths = bptt.randomized_lengths(L, spec["T"], s["seed"])
-
-    def one_pass():
-        return runner.run(model, xs, ts, lengths, spec["checkpoint"])
-
-    grad = runner.grad_wh(model, one_pass())  # also the warm-up
-    times = []
-    for _ in range(s["repeats"]):
-        start = time.perf_counter()
-        runner.run(model, xs, ts, lengths, spec["checkpoint"])
-        runner.sync()
-        times.append(time.perf_counter() - start)
-    key = (runner.name, cell, L)
-    if spec["T"] == L and spec["checkpoint"] is None:
-        full_grads[key] = grad
-    reference = full_grads.get(key)
-    if reference is None:  # the sweep for this L has not reached full BPTT yet: compute it
-        reference = full_grads[key] = runner.grad_wh(model, runner.run(model, xs, ts, [L], None))
-    median = statistics.median(times)
-    q = np.percentile(times, [25, 75])
-    return dict(backend=runner.name, cell=cell, N=N, H=s["H"], L=L, T=spec["T"], truncation=spec["truncation"],
-                checkpoint=spec["checkpoint"], time_per_token_s=median / (N * L),
-                time_spread_s=[q[0] / (N * L), q[1] / (N * L)], tokens_per_s=N * L / median,
-                peak_bytes=runner.peak_bytes(one_pass),
-                analytic_bytes=analytic_bytes(cell, N, s["H"], s["V"], spec["T"], 4, L, spec["checkpoint"]),
-                grad_cosine=_cosine(grad, reference))
 
 
 def _cosine(a, b):
@@ -194,7 +305,7 @@ def _cosine(a, b):
     return float(a @ b / denom) if denom else float("nan")
 
 
-# runners -----------------------------------------------------------------------------------
+# runners ---------------------------------------------------------------------------------
 class BackendRunner:
     """An rnncore backend running RecurrentLM through rnncore.bptt."""
 
@@ -202,20 +313,37 @@ class BackendRunner:
         self.backend = get_backend(name)
         self.name = self.backend.name
 
+    def machine(self):
+        if self.name == "numba":
+            import numba
+
+            return {"numba": numba.__version__, "numba_threads": numba.get_num_threads(),
+                    "blas": getattr(self.backend, "blas", None)}
+        if self.name == "cupy":
+            import cupy
+
+            return {"cupy": cupy.__version__, "gpu": cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+        return {}
+
     def build(self, cell, s):
         return RecurrentLM(s["V"], s["H"], s["H"], cell=cell, backend=self.backend, seed=s["seed"])
 
-    def run(self, model, xs, ts, lengths, checkpoint):
-        xs, ts = self.backend.asarray(xs), self.backend.asarray(ts)
-        if checkpoint:
-            return bptt.checkpointed_pass(model, xs, ts, checkpoint)
+    def stream(self, xs, ts):
+        return self.backend.asarray(xs), self.backend.asarray(ts)
+
+    def truncated(self, model, xs, ts, lengths):
         return bptt.truncated_pass(model, xs, ts, lengths)
+
+    def checkpointed(self, model, xs, ts, segment):
+        return bptt.checkpointed_pass(model, xs, ts, segment)
+
+    def randomized(self, model, xs, ts, T, seed):
+        return bptt.randomized_pass(model, xs, ts, T, seed)
 
     def grad_wh(self, model, result):
         _, grads = result
         wh = model.rnn_layers[0].params[1]
-        index = next(k for k, p in enumerate(model.params) if p is wh)
-        return self.backend.to_numpy(grads[index])
+        return self.backend.to_numpy(next(g for p, g in zip(model.params, grads) if p is wh))
 
     def sync(self):
         self.backend.synchronize()
@@ -227,61 +355,67 @@ class BackendRunner:
 
 
 class TextbookRunner(BackendRunner):
-    """The book's per-step layers inside the same model, on NumPy."""
+    """The books' per-step layers inside the same model, on NumPy."""
 
     def __init__(self):
         super().__init__("numpy")
         self.name = "textbook"
 
     def build(self, cell, s):
-        from . import textbook
-
         model = super().build(cell, s)
         ours = model.rnn_layers[0]
-        layer_cls = textbook.TimeRNN if cell == "rnn" else textbook.TimeLSTM
+        layer_cls = {"rnn": textbook.TimeRNN, "lstm": textbook.TimeLSTM, "gru": textbook.TimeGRU}[cell]
         theirs = layer_cls(*textbook.from_rnncore_params(cell, *ours.params), stateful=True)
         model.layers[model.layers.index(ours)] = theirs
         model.rnn_layers[0] = theirs
-        for k, p in enumerate(model.params):
-            for j, q in enumerate(ours.params):
-                if p is q:
-                    model.params[k], model.grads[k] = theirs.params[j], theirs.grads[j]
+        # their parameters in place of ours; a parameter of ours with no counterpart (the GRU's
+        # second bias, summed into their one) leaves the model
+        swap = {id(p): pair for p, pair in zip(ours.params, zip(theirs.params, theirs.grads))}
+        mine = {id(p) for p in ours.params}
+        pairs = [swap.get(id(p), (p, g)) for p, g in zip(model.params, model.grads)
+                 if id(p) in swap or id(p) not in mine]
+        model.params, model.grads = [p for p, _ in pairs], [g for _, g in pairs]
         return model
-
-    def grad_wh(self, model, result):
-        _, grads = result
-        wh = model.rnn_layers[0].params[1]
-        return next(g for p, g in zip(model.params, grads) if p is wh)
 
 
 class TorchRunner:
     """The same model in PyTorch: cuDNN on a GPU, else the CPU; strict float32 (no TF32)."""
 
-    def __init__(self, torch, device):
-        self.torch, self.device = torch, device
-        self.name = f"torch-{device}"
-        if device == "cuda":
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.name = f"torch-{self.device}"
+        if self.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
+
+    def machine(self):
+        return {"torch": self.torch.__version__, "torch_threads": self.torch.get_num_threads()}
 
     def build(self, cell, s):
         torch = self.torch
         torch.manual_seed(s["seed"])
-        rnn_cls = torch.nn.RNN if cell == "rnn" else torch.nn.LSTM
+        rnn_cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
         return torch.nn.ModuleDict(dict(
             embed=torch.nn.Embedding(s["V"], s["H"]), rnn=rnn_cls(s["H"], s["H"], batch_first=True),
             out=torch.nn.Linear(s["H"], s["V"]))).to(self.device)
 
-    def run(self, model, xs, ts, lengths, checkpoint):
+    def stream(self, xs, ts):
         torch = self.torch
-        xs = torch.as_tensor(xs, dtype=torch.long, device=self.device)
-        ts = torch.as_tensor(ts, dtype=torch.long, device=self.device)
+        return (torch.as_tensor(xs, dtype=torch.long, device=self.device),
+                torch.as_tensor(ts, dtype=torch.long, device=self.device))
+
+    def truncated(self, model, xs, ts, lengths):
+        torch = self.torch
         model.zero_grad(set_to_none=True)
         state, t0, L = None, 0, xs.shape[1]
         for T in lengths:
             h, state = model["rnn"](model["embed"](xs[:, t0 : t0 + T]), state)
             scores = model["out"](h)
-            loss = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]), ts[:, t0 : t0 + T].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(scores.reshape(-1, scores.shape[-1]),
+                                                     ts[:, t0 : t0 + T].reshape(-1))
             (loss * (T / L)).backward()
             state = state.detach() if isinstance(state, torch.Tensor) else tuple(x.detach() for x in state)
             t0 += T
@@ -306,68 +440,98 @@ class TorchRunner:
         return torch.cuda.max_memory_allocated() - before
 
 
-def _runner_names(s):
-    names = list(s["backends"])
-    for name in names:
-        get_backend(name)  # fail early, with the install hint, on a backend that is not here
-    if s["peers"]:
-        try:
-            import torch
-        except ImportError:
-            torch = None
-        if torch is not None:
-            names.append("torch-cuda" if torch.cuda.is_available() else "torch-cpu")
-        names.append("textbook")
-    return names
-
-
 def _make_runner(name):
     if name == "textbook":
         return TextbookRunner()
-    if name.startswith("torch-"):
-        import torch
-
-        return TorchRunner(torch, name.split("-", 1)[1])
+    if name == "torch":
+        return TorchRunner()
     return BackendRunner(name)
+
+
+# the summary -----------------------------------------------------------------------------
+def summary_T(s):
+    """The truncation the summary compares at: 35 if the sweep has it, else its longest cut."""
+    cuts = [T for T in s["sweep"] if T < s["L"]]
+    return SUMMARY_T if SUMMARY_T in cuts else max(cuts, default=s["L"])
+
+
+def summarize(rows, s):
+    """Per cell, from the table's regular rows over the sweep's stream: at T = ``summary_T``, the
+    fastest runner's time per token and its speedup over the textbook peer and PyTorch; for
+    rnncore's fastest backend there, its peak memory against full BPTT's and the shortest T whose
+    gradient cosine with full BPTT reaches GOOD_COSINE. None where a runner or value is missing."""
+    T, L = summary_T(s), s["L"]
+    out = []
+    for cell in s["cells"]:
+        sweep = [r for r in rows if r["cell"] == cell and r["L"] == L and r["truncation"] == "regular"
+                 and r["checkpoint"] is None]
+        at_T = {r["backend"]: r for r in sweep if r["T"] == T}
+        if not at_T:
+            continue
+        fastest = min(at_T.values(), key=lambda r: r["time_per_token_s"])
+        peers = {"textbook": at_T.get("textbook"),
+                 "torch": next((r for name, r in at_T.items() if name.startswith("torch-")), None)}
+        ours = [r for name, r in at_T.items() if name in s["backends"]]
+        best = min(ours, key=lambda r: r["time_per_token_s"]) if ours else fastest
+        full = next(r for r in sweep if r["backend"] == best["backend"] and r["T"] == L)
+        reaching = [r["T"] for r in sweep if r["backend"] == best["backend"] and r["grad_cosine"] >= GOOD_COSINE]
+        out.append(dict(
+            cell=cell, T=T, L=L, fastest=fastest["backend"], time_per_token_s=fastest["time_per_token_s"],
+            speedup_over_textbook=_ratio(peers["textbook"], fastest),
+            speedup_over_torch=_ratio(peers["torch"], fastest),
+            torch=peers["torch"] and peers["torch"]["backend"],
+            noisy=sorted({r["backend"] for r in (fastest, *peers.values()) if r and r["noisy"]}),
+            memory_runner=best["backend"], truncated_peak_bytes=best["peak_bytes"], full_peak_bytes=full["peak_bytes"],
+            cosine_threshold=GOOD_COSINE, shortest_T_reaching=min(reaching, default=None)))
+    return out
+
+
+def _ratio(slow, fast):
+    return slow["time_per_token_s"] / fast["time_per_token_s"] if slow else None
 
 
 # output ----------------------------------------------------------------------------------
 def machine():
-    import os
-
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
+    """This process's part: Python, platform, NumPy (the runners add Numba's, PyTorch's, CuPy's)."""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
             "processor": platform.processor() or platform.machine(), "numpy": np.__version__}
-    try:
-        import numba
-
-        info["numba"], info["numba_threads"] = numba.__version__, numba.get_num_threads()
-    except ImportError:
-        pass
-    if "cupy" in available_backends():
-        import cupy
-
-        info["cupy"] = cupy.__version__
-        info["gpu"] = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    try:
-        import torch
-
-        info["torch"], info["torch_threads"] = torch.__version__, torch.get_num_threads()
-    except ImportError:
-        pass
-    return info
 
 
 def format_table(rows):
-    head = f"{'runner':<11}{'cell':<5}{'trunc':<11}{'L':>6}{'T':>6}{'ckpt':>5}{'us/token':>10}{'spread':>15}" \
-           f"{'tokens/s':>11}{'peak MB':>9}{'need MB':>9}{'cos':>7}"
+    head = f"{'runner':<11}{'cell':<5}{'trunc':<11}{'L':>6}{'T':>6}{'ckpt':>5}{'us/token':>10}{'spread':>8}" \
+           f"{'tokens/s':>11}{'peak MB':>9}{'need MB':>9}{'cos':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
-        spread = f"{r['time_spread_s'][0] * 1e6:.2f}-{r['time_spread_s'][1] * 1e6:.2f}"
+        lo, hi = r["time_spread_s"]
+        spread = f"{(hi - lo) / r['time_per_token_s'] * 100:.0f}%" + ("!" if r["noisy"] else " ")
         lines.append(f"{r['backend']:<11}{r['cell']:<5}{r['truncation']:<11}{r['L']:>6}{r['T']:>6}"
-                     f"{r['checkpoint'] or '-':>5}{r['time_per_token_s'] * 1e6:>10.2f}{spread:>15}"
-                     f"{r['tokens_per_s']:>11.0f}{peak:>9}{r['analytic_bytes'] / 2**20:>9.1f}{r['grad_cosine']:>7.3f}")
+                     f"{r['checkpoint'] or '-':>5}{r['time_per_token_s'] * 1e6:>10.2f}{spread:>8}"
+                     f"{r['tokens_per_s']:>11.0f}{peak:>9}{r['analytic_bytes'] / 2**20:>9.1f}{r['grad_cosine']:>8.4f}")
+    if any(r["noisy"] for r in rows):
+        lines.append(f"! noisy: the timed passes range over more than {NOISY_SPREAD:.0%} of their median "
+                     "(another process on the cores?)")
     return "\n".join(lines)
+
+
+def format_summary(summary):
+    lines = []
+    for c in summary:
+        peers = ((c["speedup_over_textbook"], "textbook", "the textbook peer"),
+                 (c["speedup_over_torch"], c["torch"], c["torch"]))
+        vs = [f"{x:.1f}x faster than {name}" for x, runner, name in peers if x and runner != c["fastest"]]
+        noisy = f" (noisy: {', '.join(c['noisy'])})" if c["noisy"] else ""
+        lines.append(f"{c['cell']}: at T={c['T']} the fastest is {c['fastest']}, "
+                     f"{c['time_per_token_s'] * 1e6:.2f} us/token" + (f"; {', '.join(vs)}" if vs else "") + noisy)
+        truncated, full = c["truncated_peak_bytes"], c["full_peak_bytes"]
+        if truncated and full:
+            lines.append(f"  memory ({c['memory_runner']}): T={c['T']} peaks at {truncated / 2**20:.1f} MB, "
+                         f"full BPTT (T={c['L']}) at {full / 2**20:.1f} MB ({full / truncated:.1f}x)")
+        lines.append(f"  gradient ({c['memory_runner']}): cosine with full BPTT reaches {c['cosine_threshold']} "
+                     f"from T={c['shortest_T_reaching']} on")
+        if c["cell"] == "gru" and c["speedup_over_textbook"]:
+            lines.append("  (the textbook GRU is the books' form, (r*h) Wh_n: another function at the same cost)")
+    return "\n".join(["summary:"] + lines)
 
 
 def plot(rows, path):
@@ -406,23 +570,68 @@ def plot(rows, path):
 
 
 class _Progress:
-    def __init__(self, total, offset=0, stream=sys.stderr):
-        self.total, self.done_count, self.stream = total, offset, stream
-        self.started, self.offset = time.perf_counter(), offset
+    """The sweep's progress line (tqdm). Its ETA is reckoned from timed passes only: seconds per
+    token-pass of the finished rows after their warm-ups, times the token-passes left, so time
+    spent compiling never enters it (an ETA from elapsed time would grow by the compile's
+    length). On a stream that is not a terminal: a plain line at most every LOG_INTERVAL
+    seconds, and one as compiling starts."""
+
+    def __init__(self, lengths, repeats, stream=None):
+        stream = sys.stderr if stream is None else stream
         self.tty = stream.isatty()
+        self.repeats, self.seconds, self.done = repeats, 0.0, 0
+        self.left = sum(lengths) * (repeats + 2)  # a row's passes: warm-up, timed, peak memory
+        self.bar = tqdm(total=len(lengths), file=stream if self.tty else _Lines(stream), ascii=not self.tty,
+                        mininterval=0.1 if self.tty else LOG_INTERVAL, dynamic_ncols=self.tty,
+                        bar_format="{n_fmt}/{total_fmt} {bar:20} {desc}{postfix}", desc="starting", postfix="ETA ?")
 
-    def show(self, label):
-        self.done_count += 1
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / max(self.done_count - self.offset - 1, 1) * (self.total - self.done_count + 1)
-        bar = "#" * int(20 * (self.done_count - 1) / self.total)
-        line = f"[{bar:<20}] {self.done_count}/{self.total} {label:<40} ETA {int(eta)}s"
-        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+    def __enter__(self):
+        return self
 
-    def done(self):
-        if self.tty:
-            print(file=self.stream)
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def start(self, label, compiling):
+        self.bar.set_description_str(label, refresh=self.tty or compiling)
+
+    def finish(self, L, seconds, passes):
+        self.seconds += seconds
+        self.done += L * passes
+        self.left -= L * (self.repeats + 2)
+        self.bar.set_postfix_str(f"ETA {self.eta():.0f}s", refresh=False)
+        self.bar.update()
+
+    def eta(self):
+        return self.seconds / self.done * self.left if self.done else float("nan")
 
 
-if __name__ == "__main__":  # a runner's worker process: the task as JSON in, its rows as JSON out
-    print(json.dumps(_run_runner(json.loads(sys.argv[1]))))
+class _Lines:
+    """A file for tqdm that writes each redraw as a line of its own, a log getting no carriage
+    returns; a redraw of the line just written (tqdm redraws unchanged lines, on close for
+    one) is left out."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, None
+
+    def write(self, text):
+        text = text.strip("\r\n").rstrip()
+        if text and text != self.last:
+            self.stream.write(text + "\n")
+            self.last = text
+
+    def flush(self):
+        self.stream.flush()
+
+
+def _worker(task):
+    """A runner's process: its events as JSON lines on the real stdout; anything else printed
+    (by a library, even from C) goes to stderr."""
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    for event in _run_runner(task):
+        out.write(json.dumps(event) + "\n")
+        out.flush()
+
+
+if __name__ == "__main__":
+    _worker(json.loads(sys.argv[1]))
