@@ -15,11 +15,11 @@ try:  # PyTorch first: its OpenMP runtime must start before Numba's (see conftes
     import torch
 except ImportError:
     torch = None
-import rnncore
 from steps import configure_torch, layer_step, median_ms_of, set_numba_threads, torch_layer_step
 
-METHODS = ("linear", "matmul", "matmuls", "sum_rows", "lstm_forward", "lstm_backward", "rnn_forward",
-           "rnn_backward")
+import rnncore
+
+METHODS = ("linear", "matmul", "matmuls", "sum_rows", "recurrence_forward", "recurrence_backward")
 
 
 def timed(backend, times):
@@ -44,7 +44,7 @@ def median_ms(samples):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", default="numba")
-    parser.add_argument("--cell", choices=("lstm", "rnn"), default="lstm")
+    parser.add_argument("--cell", choices=("lstm", "rnn", "gru"), default="lstm")
     parser.add_argument("--hidden", type=int, default=650)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--steps", type=int, default=35)

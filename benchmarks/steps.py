@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-import rnncore
+from rnncore.checks import expect_ids, trusted_ids
+from rnncore.models import CELLS as CELL_LAYERS
 from rnncore.models import BetterRnnlm, Rnnlm
 from rnncore.optim import SGD, clip_grads
 
@@ -52,12 +53,14 @@ def median_ms_of(step, calls, warmups=3, after_warmup=lambda: None):
 
 
 def layer_step(backend, cell, shape):
-    """TimeLSTM or TimeRNN (D = H) forward+backward on random float32 input, rnncore."""
+    """TimeRNN, TimeLSTM or TimeGRU (D = H) forward+backward on random float32 input, rnncore."""
     N, T, H = shape
-    G = 4 * H if cell == "lstm" else H
+    layer_class = CELL_LAYERS[cell]
+    G = layer_class.cell.gates * H
     rng = np.random.default_rng(0)
-    params = [backend.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in ((H, G), (H, G), (G,))]
-    layer = (rnncore.TimeLSTM if cell == "lstm" else rnncore.TimeRNN)(*params, backend=backend)
+    shapes = [(H, G), (H, G)] + [(G,)] * (len(layer_class.cell.param_names) - 2)
+    params = [backend.asarray((rng.standard_normal(s) * 0.05).astype(np.float32)) for s in shapes]
+    layer = layer_class(*params, backend=backend)
     xs, dhs = (backend.asarray(rng.standard_normal((N, T, H)).astype(np.float32)) for _ in range(2))
 
     def step():
@@ -68,9 +71,9 @@ def layer_step(backend, cell, shape):
 
 
 def torch_layer_step(torch, device, cell, shape):
-    """The same layer in PyTorch (nn.LSTM / nn.RNN, batch first), gradients to the input too."""
+    """The same layer in PyTorch (nn.RNN / nn.LSTM / nn.GRU, batch first), gradients to the input too."""
     N, T, H = shape
-    net = (torch.nn.LSTM if cell == "lstm" else torch.nn.RNN)(H, H, batch_first=True).to(device)
+    net = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](H, H, batch_first=True).to(device)
     x = torch.randn(N, T, H, device=device, requires_grad=True)
     dout = torch.randn(N, T, H, device=device)
 
@@ -83,6 +86,22 @@ def torch_layer_step(torch, device, cell, shape):
     return step
 
 
+def sgemm_step(n=2048):
+    """NumPy's float32 n x n x n product (its BLAS, all its threads): how the suites measure the
+    machine's peak. Returns (the step, its FLOPs)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    return (lambda: np.matmul(a, b, out=out)), 2 * n**3
+
+
+def layer_flops(cell, shape):
+    """The FLOPs of a layer step's products (D = H): the input and recurrent products forward,
+    and backward the gradients of the weights (two), of the input and of h (four more)."""
+    N, T, H = shape
+    return 6 * 2 * T * N * H * CELL_LAYERS[cell].cell.gates * H
+
+
 def tokens(seed):
     rng = np.random.default_rng(seed)
     return rng.integers(0, V, size=(N_LM, T_LM)), rng.integers(0, V, size=(N_LM, T_LM))
@@ -93,12 +112,16 @@ def iteration_step(backend, name):
     model = (Rnnlm if name == "rnnlm" else BetterRnnlm)(V, backend=backend)
     opt = SGD(20.0)
     xs, ts = (backend.asarray(a) for a in tokens(0))
+    # checked once here: inside the timed step a check reads the id range back (a device sync)
+    expect_ids("iteration_step", "xs", xs, 0, V)
+    expect_ids("iteration_step", "ts", ts, -1, V)
 
     def step():
-        model.forward(xs, ts)
-        model.backward()
-        clip_grads(model.grads, 0.25, backend)
-        opt.update(model.params, model.grads, backend)
+        with trusted_ids():
+            model.forward(xs, ts)
+            model.backward()
+            clip_grads(model.grads, 0.25, backend)
+            opt.update(model.params, model.grads, backend)
 
     return step
 

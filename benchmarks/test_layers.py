@@ -15,7 +15,7 @@ def all_shapes():
     return SHAPES + GPU_SHAPES
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 @pytest.mark.parametrize("shape", all_shapes(), ids=lambda s: f"N{s[0]}-T{s[1]}-H{s[2]}")
 def test_rnncore_layer(benchmark, backend, cell, shape):
     if shape in GPU_SHAPES and backend.name != "cupy":
@@ -27,7 +27,7 @@ def test_rnncore_layer(benchmark, backend, cell, shape):
     run_synced(benchmark, step, backend.synchronize)
 
 
-@pytest.mark.parametrize("cell", ["lstm", "rnn"])
+@pytest.mark.parametrize("cell", ["lstm", "rnn", "gru"])
 @pytest.mark.parametrize("shape", all_shapes(), ids=lambda s: f"N{s[0]}-T{s[1]}-H{s[2]}")
 def test_torch_layer(benchmark, torch_device, cell, shape):
     torch, device = torch_device

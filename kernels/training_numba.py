@@ -3,7 +3,10 @@ cross-entropy in one pass per row, dropout masks, gradient norm and SGD, all par
 import numpy as np
 from numba import prange
 
-from .common_numba import add_into, exp_, kernel, like, line_chunks, parallel_kernel
+from .numba.float32_math import exp_, like
+from .numba.jit import callee, parallel_kernel
+from .numba.loops import add_into
+from .numba.schedule import line_chunks
 
 
 @parallel_kernel
@@ -36,7 +39,7 @@ def softmax_cross_entropy(scores, labels, dscores):
     return losses.sum() * scale
 
 
-@kernel
+@callee
 def _softmax_row(row, label, out, scale):
     top = _row_max(row)
     for v in range(row.size):
@@ -51,7 +54,7 @@ def _softmax_row(row, label, out, scale):
     return np.log(total) - (row[label] - top)
 
 
-@kernel
+@callee
 def _row_max(row):
     """Max of a row, vectorized: 16 running maxima (LLVM will not vectorize a plain max loop).
     A NaN is skipped here, but it still turns the loss NaN through exp(NaN - top)."""
@@ -85,31 +88,28 @@ def sum_rows(a, out, threads):
 
 @parallel_kernel
 def keep_mask(u, ratio, scale):
-    """In place: uniform draws u -> the dropout mask (u >= ratio) * scale."""
-    flat = u.reshape(-1)
-    for k in prange(flat.size):
-        flat[k] = scale if flat[k] >= ratio else 0
+    """In place: uniform draws u -> the dropout mask (u >= ratio) * scale. The elementwise kernels
+    take 1-D arrays (any array goes flat): each compiles once a dtype, not once per ndim."""
+    for k in prange(u.size):
+        u[k] = scale if u[k] >= ratio else 0
 
 
 @parallel_kernel
 def sum_of_squares(a):
-    flat = a.reshape(-1)
     s = 0.0
-    for k in prange(flat.size):
-        s += flat[k] * flat[k]
+    for k in prange(a.size):
+        s += a[k] * a[k]
     return s
 
 
 @parallel_kernel
 def axpy(alpha, x, y):
     """y += alpha * x, in place, no temporary."""
-    fx, fy = x.reshape(-1), y.reshape(-1)
-    for k in prange(fy.size):
-        fy[k] += alpha * fx[k]
+    for k in prange(y.size):
+        y[k] += alpha * x[k]
 
 
 @parallel_kernel
 def scale_(a, s):
-    flat = a.reshape(-1)
-    for k in prange(flat.size):
-        flat[k] *= s
+    for k in prange(a.size):
+        a[k] *= s

@@ -4,9 +4,11 @@ The top-level ``kernels/`` folder is packaged as ``rnncore.kernels`` (see pyproj
 Running from a source tree with ``PYTHONPATH=.`` has no such package, so it is registered
 here from the folder beside ``rnncore/``.
 """
+import functools
 import hashlib
 import importlib
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -46,26 +48,31 @@ def cuda_source(filename):
 
 
 def numba_module(name):
-    """Import a Numba kernel module, e.g. ``numba_module("lstm_numba")``."""
+    """Import a Numba kernel module, e.g. ``numba_module("lstm_numba")`` or ``numba_module("numba.gemm")``.
+    Imported kernel modules whose cached code predates a change of any kernel source drop it first."""
     package()
     module = importlib.import_module(f"{PACKAGE}.{name}")
-    _drop_stale_numba_cache(module)
+    for loaded in [m for n, m in sys.modules.items() if n.startswith(PACKAGE + ".")]:
+        _drop_stale_numba_cache(loaded)
     return module
 
 
+@functools.cache
 def _numba_sources_digest():
+    """A digest of every Numba kernel source: ``*_numba.py`` and the ``numba/`` folder they share."""
     digest = hashlib.sha256()
-    for path in sorted(folder().glob("*_numba.py")):
-        digest.update(path.read_bytes())
+    for path in sorted([*folder().glob("*_numba.py"), *folder().glob("numba/*.py")]):
+        digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()
 
 
 def _drop_stale_numba_cache(module):
     """Numba's cache checks only a kernel's own file for changes, not the helpers it inlines
-    from common_numba.py: after any kernel source changed, a module's cached code is dropped."""
-    cached = [f for f in vars(module).values()
-              if getattr(getattr(f, "py_func", None), "__module__", None) == module.__name__
-              and hasattr(getattr(f, "_cache", None), "_cache_path")]
+    from other files, nor the cell's step functions a recurrence driver was made with
+    (``numba/jit.py``'s ``instance``): after any kernel source changed, every cached kernel the
+    module holds (its own, the drivers made for it, those it imports) is dropped, once."""
+    cached = sorted((f for f in vars(module).values() if _cached_kernel(f)),
+                    key=lambda f: f.py_func.__module__ != module.__name__)  # its own first: the marker goes beside them
     if not cached:
         return
     marker = Path(cached[0]._cache._cache_path) / f"{module.__name__.rsplit('.', 1)[-1]}.sources"
@@ -83,22 +90,47 @@ def _drop_stale_numba_cache(module):
         pass
 
 
-# The kernel templates each CUDA file defines; each is instantiated for float and double.
+def _cached_kernel(f):
+    """Whether f is a Numba kernel of this package that caches its code."""
+    module = getattr(getattr(f, "py_func", None), "__module__", None) or ""
+    return module.startswith(PACKAGE + ".") and hasattr(getattr(f, "_cache", None), "_cache_path")
+
+
+# The kernel templates each CUDA file defines; each is instantiated for float and double, and
+# those in CUDA_CELL_KERNELS also for every cell of kernels/cells.cuh (their first template
+# argument), named here by rnncore.cells' names.
 CUDA_KERNELS = {
-    "rnn.cu": ("rnn_forward_step", "rnn_backward_step", "rnn_step_forward", "rnn_step_backward", "recurrent_dot"),
-    "lstm.cu": ("lstm_forward_step", "lstm_backward_step", "lstm_step_forward", "lstm_step_backward"),
+    "recurrence.cu": ("gates_forward", "gates_backward", "step_forward", "step_backward", "recurrent_dot"),
     "training.cu": ("embedding_scatter_add", "softmax_cross_entropy", "keep_mask", "axpy"),
 }
+CUDA_CELL_KERNELS = {"gates_forward", "gates_backward", "step_forward", "step_backward"}
+CUDA_CELLS = {"rnn": "RnnCell", "lstm": "LstmCell", "gru": "GruCell"}
 CUDA_TYPES = {"float32": "float", "float64": "double"}
-_INCLUDE = '#include "common.cuh"'
+_INCLUDE = re.compile(r'^#include "([\w.]+)"[ \t]*$', re.MULTILINE)
 
 
 def cuda_module_source(filename):
-    """The file's source with common.cuh inlined (CuPy's compile cache keys on the text alone)."""
-    common = cuda_source("common.cuh").replace("#pragma once", "")
-    return cuda_source(filename).replace(_INCLUDE, common)
+    """The file's source with its ``#include "x.cuh"`` headers inlined, each once (NVRTC is given
+    no include path, and CuPy's compile cache keys on the text alone)."""
+    seen = set()
+
+    def inline(match):
+        header = match.group(1)
+        if header in seen:
+            return ""
+        seen.add(header)
+        return _INCLUDE.sub(inline, cuda_source(header).replace("#pragma once", ""))
+
+    return _INCLUDE.sub(inline, cuda_source(filename))
+
+
+def cuda_name_expression(kernel, dtype, cell=None):
+    """``"step_forward<GruCell, float>"``: kernel for a dtype name ("float32") and cell name ("gru")."""
+    ctype = CUDA_TYPES[dtype]
+    return f"{kernel}<{CUDA_CELLS[cell]}, {ctype}>" if kernel in CUDA_CELL_KERNELS else f"{kernel}<{ctype}>"
 
 
 def cuda_name_expressions(filename):
-    """``["lstm_forward_step<float>", "lstm_forward_step<double>", ...]`` for RawModule."""
-    return [f"{k}<{c}>" for k in CUDA_KERNELS[filename] for c in CUDA_TYPES.values()]
+    """Every instantiation of the file's kernels, for RawModule's name_expressions."""
+    return [cuda_name_expression(k, d, c) for k in CUDA_KERNELS[filename] for d in CUDA_TYPES
+            for c in (CUDA_CELLS if k in CUDA_CELL_KERNELS else (None,))]

@@ -1,52 +1,79 @@
-"""The numba backend's own machinery: BLAS binding and threads, float32 math, the register tile,
-the thread splits of the recurrences, the GEMM kernels, compiling once per array type."""
+"""The numba backend's own machinery: BLAS binding and threads, float32 math, the one recurrence
+driver and its thread splits for every cell, the GEMM kernel, compiling once per array type and
+only what runs, caching across processes, imports without side effects."""
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import random_params
+from conftest import CELL_KINDS, layer_class, random_params
 from test_parity import TOLERANCE, rel_err, run_recurrent
 
 import rnncore
 
+pytest.importorskip("numba")
+nb = pytest.importorskip("rnncore.backends.numba_backend")
+
+
+def run_python(code, **env):
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
 
 def test_numba_runs_scipy_blas_single_threaded():
     """Two busy thread pools on two cores stall each other: the numba backend keeps one."""
-    be = pytest.importorskip("rnncore.backends.numba_backend")
     threadpoolctl = pytest.importorskip("threadpoolctl")
     libs = rnncore.get_backend("numba").blas_libraries
     assert libs, "SciPy's BLAS was not found"
     info = {i["filepath"]: i["num_threads"] for i in threadpoolctl.threadpool_info()}
     assert all(info[path] == 1 for path in libs)
-    assert be is not None
+
+
+def _arrays(types_):
+    """The array types in a signature, tuples opened."""
+    from numba import types
+
+    for t in types_:
+        if isinstance(t, types.BaseTuple):
+            yield from _arrays(t.types)
+        elif isinstance(t, types.Array):
+            yield t
 
 
 def test_numba_recurrences_compile_once_for_any_weight_layout():
     """PyTorch's weights go in transposed (Fortran order), an upstream gradient may be read-only:
-    neither may compile a second copy of a recurrence kernel (each array type Numba sees is
-    ~30 s of compiling the first time)."""
-    nb = pytest.importorskip("rnncore.backends.numba_backend")
+    neither may compile a second copy of a recurrence driver (each array type Numba sees is
+    seconds of compiling); every cell's driver takes C-ordered, writable, aligned arrays only."""
     from numba import types
 
     be = rnncore.get_backend("numba")
     rng = np.random.default_rng(4)
-    for cls, G in ((rnncore.TimeRNN, 3), (rnncore.TimeLSTM, 12)):
+    for kind in CELL_KINDS:
+        cls = layer_class(kind)
+        G, H = cls.cell.gates * 3, 3
         Wx, Wh = (np.asfortranarray(rng.standard_normal((3, G)).astype(np.float32)) for _ in range(2))
-        layer = cls(Wx, Wh, np.zeros(G, np.float32), backend=be)
+        biases = [np.zeros(G, np.float32) for _ in cls.cell.param_names[2:]]
+        layer = cls(Wx, Wh, *biases, backend=be)
         layer.backward(layer.forward(rng.standard_normal((2, 4, 3)).astype(np.float32)))
-        frozen = rng.standard_normal((2, 4, G // (4 if cls is rnncore.TimeLSTM else 1))).astype(np.float32)
+        frozen = rng.standard_normal((2, 4, H)).astype(np.float32)
         frozen.setflags(write=False)  # read-only upstream gradient: copied, not a new compile
         layer.forward(rng.standard_normal((2, 4, 3)).astype(np.float32))
         layer.backward(frozen)
-    for kernel in (nb._rnn.rnn_forward, nb._rnn.rnn_backward, nb._lstm.lstm_forward, nb._lstm.lstm_backward):
-        arrays = [arg for sig in kernel.signatures for arg in sig if isinstance(arg, types.Array)]
-        assert {(a.layout, a.mutable, a.aligned) for a in arrays} == {("C", True, True)}, (kernel.__name__, arrays)
+        module = rnncore._kernels.numba_module(f"{kind}_numba")
+        for driver in (module.forward, module.backward):
+            plain = [sig for sig in driver.signatures  # float32, without lengths (None: the last argument but two)
+                     if sig[0].dtype == types.float32 and sig[-3] == types.none]
+            assert len(plain) == 1, (kind, driver.signatures)
+            layouts = {(a.layout, a.mutable, a.aligned) for a in _arrays(plain[0])}
+            assert layouts == {("C", True, True)}, (kind, plain)
 
 
 def test_numba_matmul_into_another_dtype():
     """An out of another dtype than the operands goes to NumPy's matmul, not to BLAS (which
     would write float32 bits into a float64 buffer)."""
-    pytest.importorskip("rnncore.backends.numba_backend")
     be = rnncore.get_backend("numba")
     a, b = np.random.default_rng(0).standard_normal((2, 6, 6)).astype(np.float32)
     out = np.empty((6, 6))
@@ -58,14 +85,14 @@ def test_numba_float32_math_ulps():
     """The kernels' own float32 exp, tanh and sigmoid (vectorizable, not libm's) stay within
     1, 1.5 and 2.5 ulp of the float64 truth (NumPy's float32 ones: 2.2, 1.4 and 3.1), and
     NaN and inf go through."""
-    numba = pytest.importorskip("numba")
-    be = pytest.importorskip("rnncore.backends.numba_backend")
-    cm = be._common
+    import numba
+
+    fm = rnncore._kernels.numba_module("numba.float32_math")
 
     @numba.njit
     def apply(x, out):
         for j in range(x.size):
-            out[0, j], out[1, j], out[2, j] = cm.exp_(x[j]), cm.tanh_(x[j]), cm.sigmoid_(x[j])
+            out[0, j], out[1, j], out[2, j] = fm.exp_(x[j]), fm.tanh_(x[j]), fm.sigmoid_(x[j])
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.standard_normal(100_000) * 4, rng.uniform(-120, 120, 50_000),
@@ -103,37 +130,38 @@ print(be.blas)
 def test_numba_blas_choice(choice):
     """RNNCORE_BLAS: MKL (sequential) where installed and chosen (auto: on Intel CPUs only),
     SciPy's OpenBLAS otherwise; both give the product. In a fresh process: the choice is made
-    once, at import."""
-    pytest.importorskip("rnncore.backends.numba_backend")
+    once, when the backend starts."""
     import ctypes.util
     import glob
-    import subprocess
-    import sys
 
-    from rnncore.backends.numba_backend import _common
-
-    env = dict(os.environ, RNNCORE_BLAS=choice, MKL_INTERFACE_LAYER="ILP64")  # LP64 is forced either way
-    out = subprocess.run([sys.executable, "-c", BLAS_CHECK], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
+    blas = rnncore._kernels.numba_module("numba.blas")
+    out = run_python(BLAS_CHECK, RNNCORE_BLAS=choice, MKL_INTERFACE_LAYER="ILP64")  # LP64 is forced either way
     mkl_installed = sys.platform.startswith("linux") and (
         glob.glob(os.path.join(sys.prefix, "lib", "libmkl_rt.so*")) or ctypes.util.find_library("mkl_rt"))
-    wanted = choice == "mkl" or (choice == "auto" and _common._intel_cpu())
-    uses_mkl = "libmkl_rt" in out.stdout
-    assert uses_mkl == bool(wanted and mkl_installed), out.stdout
+    wanted = choice == "mkl" or (choice == "auto" and blas._intel_cpu())
+    assert ("libmkl_rt" in out) == bool(wanted and mkl_installed), out
 
 
 def test_numba_blas_choice_rejects_unknown():
-    pytest.importorskip("rnncore.backends.numba_backend")
-    import subprocess
-    import sys
-
     env = dict(os.environ, RNNCORE_BLAS="openblas")
     out = subprocess.run([sys.executable, "-c", "import rnncore; rnncore.get_backend('numba')"], env=env,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode != 0 and "RNNCORE_BLAS must be auto, mkl or scipy, got 'openblas'" in out.stderr
 
 
-@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def seam_outputs(be, cell, arrays, lengths, scale):
+    """Everything the two kernels return or write, on host copies of ``arrays``."""
+    xw, states0, Wh, bh, dhs, dstates_T = (a.copy() if isinstance(a, np.ndarray) else a for a in arrays)
+    hs, gates, saved = be.recurrence_forward(cell, xw, states0, Wh, bh, lengths)
+    forward = [hs.copy(), *(s.copy() for s in saved)]
+    if lengths is not None:  # a padded step's saved rows are left as they were: not compared
+        valid = (np.arange(len(hs))[:, None] < lengths)[..., None]
+        forward[1:] = [s * valid for s in forward[1:]]
+    dxw, dhw, dstates0 = be.recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T, scale, lengths)
+    return forward + [dxw, dhw, *dstates0]
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("split", ["rows", "units"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("N, H", [(1, 70), (5, 26), (13, 3), (37, 45)])
@@ -141,24 +169,33 @@ def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
     """Threads share a step by batch rows (Wh fits in L2) or by hidden units; both, with tiles
     of up to 4 or 10 rows (a share of 5 rows goes as 2 + 3, of 13 as 3 + 3 + 3 + 4) and panels
     of 16-32 columns whose last is cut at odd places (one, two or three vectors wide), compute
-    what NumPy does."""
-    numba = pytest.importorskip("numba")
-    nb = pytest.importorskip("rnncore.backends.numba_backend")
+    what NumPy does: through a layer, and at the seam with sequence lengths (0, partial, full)
+    and a per-step scale of the gradient, which the same compiled drivers run."""
+    import numba
+
     monkeypatch.setattr(nb, "WEIGHTS_KEPT_IN_L2", 1 << 40 if split == "rows" else 0)
-    be = rnncore.get_backend("numba")
+    be, numpy = rnncore.get_backend("numba"), rnncore.get_backend("numpy")
+    cell = layer_class(kind).cell
     T, D = 6, 5
     rng = np.random.default_rng(N * H + threads)
     params = random_params(rng, kind, D, H, np.float64)
     xs, dhs = (rng.standard_normal(s) for s in ((N, T, D), (N, T, H)))
-    states = [rng.standard_normal((N, H)) for _ in range(1 if kind == "rnn" else 2)]
-    expected = run_recurrent(rnncore.get_backend("numpy"), kind, params, xs, dhs, states)
+    states = [rng.standard_normal((N, H)) for _ in cell.states]
+    expected = run_recurrent(numpy, kind, params, xs, dhs, states)
+    G = cell.gates * H
+    seam = [rng.standard_normal((T, N, G)), states, params[1], params[3] if cell.recurrent_bias else None,
+            dhs.transpose(1, 0, 2), [rng.standard_normal((N, H)) for _ in cell.states]]
+    lengths, scale = rng.integers(0, T + 1, N), rng.uniform(0, 2, T)
+    lengths[0] = T
+    expected_seam = seam_outputs(numpy, cell, seam, lengths, scale)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
         got = run_recurrent(be, kind, params, xs, dhs, states)
+        got_seam = seam_outputs(be, cell, seam, lengths, scale)
     finally:
         numba.set_num_threads(before)
-    for k, (e, g) in enumerate(zip(expected, got)):
+    for k, (e, g) in enumerate(zip(expected + expected_seam, got + got_seam)):
         assert rel_err(e, g) <= 1e-12, f"output {k}: {rel_err(e, g):.2e}"
 
 
@@ -166,11 +203,10 @@ def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_numba_gemm_shares_and_layouts(dtype, threads):
     """The numba GEMM hands each thread the rows of a or the columns of b (whichever operand is
-    larger) and passes C- or F-ordered operands to BLAS as they are; every split, layout, empty
-    and one-wide shape gives a @ b (+ bias)."""
-    pytest.importorskip("numba")
-    pytest.importorskip("rnncore.backends.numba_backend")
-    gemm = rnncore._kernels.numba_module("common_numba").gemm
+    larger) and passes C- or F-ordered operands to BLAS as they lie (one compiled kernel for
+    every layout); every split, layout, empty and one-wide shape gives a @ b (+ bias)."""
+    be = rnncore.get_backend("numba")
+    gemm = rnncore._kernels.numba_module("numba.gemm").gemm
     rng = np.random.default_rng(threads)
     shapes = [(1, 1, 1), (0, 3, 4), (3, 0, 5), (4, 3, 0), (1, 50, 70), (60, 50, 1), (70, 33, 5), (5, 33, 70), (2, 9, 3)]
     for M, K, J in shapes:
@@ -180,11 +216,12 @@ def test_numba_gemm_shares_and_layouts(dtype, threads):
             bias = rng.standard_normal(J).astype(dtype)
             for with_bias in (False, True):
                 out = np.full((M, J), np.nan, dtype=dtype)
-                gemm(a, b, out, threads, bias if with_bias else None)
+                gemm(*be._product(a, b, out), bias if with_bias else np.empty(0, dtype), threads)
                 expected = a.astype(np.float64) @ b + (bias if with_bias else 0)
                 where = f"{M}x{K}x{J} {a_order}{b_order} bias={with_bias}"
                 assert not np.isnan(out).any(), where
                 assert rel_err(expected, out) <= TOLERANCE[dtype], where
+    assert [str(sig[0].dtype) for sig in gemm.signatures].count(np.dtype(dtype).name) == 1, gemm.signatures
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -193,9 +230,8 @@ def test_numba_gemm_three(dtype, threads):
     """Two products in one region, half the threads each, then a third that all the threads
     split, on shapes that differ from each other (any may be empty or narrower than its
     threads); transposed views as the layer passes them."""
-    pytest.importorskip("numba")
-    pytest.importorskip("rnncore.backends.numba_backend")
-    gemm_three = rnncore._kernels.numba_module("common_numba").gemm_three
+    be = rnncore.get_backend("numba")
+    gemm_three = rnncore._kernels.numba_module("numba.gemm").gemm_three
     rng = np.random.default_rng(threads)
     for (M1, K1, J1), (M2, K2, J2), (M3, K3, J3) in [((7, 40, 9), (3, 40, 9), (40, 9, 7)),
                                                       ((0, 5, 4), (6, 5, 4), (1, 4, 5)),
@@ -207,7 +243,64 @@ def test_numba_gemm_three(dtype, threads):
         b1, b2 = rng.standard_normal((K1, J1)).astype(dtype), rng.standard_normal((K2, J2)).astype(dtype)
         b3 = rng.standard_normal((J3, K3)).astype(dtype).T  # F-ordered, as Wx^T
         outs = [np.full(shape, np.nan, dtype=dtype) for shape in ((M1, J1), (M2, J2), (M3, J3))]
-        gemm_three(a1, b1, outs[0], a2, b2, outs[1], a3, b3, outs[2], threads)
+        gemm_three(*(be._product(a, b, out) for a, b, out in zip((a1, a2, a3), (b1, b2, b3), outs)), threads)
         for out, (a, b) in zip(outs, ((a1, b1), (a2, b2), (a3, b3))):
             assert not np.isnan(out).any(), out.shape
             assert rel_err(a.astype(np.float64) @ b, out) <= TOLERANCE[dtype]
+
+
+KERNEL_MODULES = ("rnn_numba", "lstm_numba", "gru_numba", "training_numba", "numba.jit", "numba.float32_math",
+                  "numba.loops", "numba.schedule", "numba.register_tile", "numba.blas", "numba.gemm",
+                  "numba.recurrence")
+
+FRESH_PROCESS = f"""
+import sys, numpy as np, llvmlite.binding as llvm
+import rnncore
+from rnncore import _kernels
+
+PRODUCT = "rnncore_kernels_numba_register_tile_panel_product_float32"
+
+
+def bound(name):
+    return bool(llvm.address_of_symbol(name))
+
+
+def mkl_loaded():
+    with open("/proc/self/maps") as f:
+        return "libmkl_rt" in f.read()
+
+
+def kernels():
+    return [f for m in list(sys.modules.values()) if m.__name__.startswith("rnncore.kernels.")
+            for f in vars(m).values() if hasattr(f, "signatures") and hasattr(f, "stats")]
+
+
+modules = [_kernels.numba_module(name) for name in {KERNEL_MODULES!r}]
+from rnncore.backends import numba_backend
+print("imported", bound("rnncore_sgemm"), bound(PRODUCT), mkl_loaded(), sum(len(k.signatures) for k in kernels()))
+be = rnncore.get_backend("numba")
+layer = rnncore.TimeRNN(*(np.full(s, 0.1, np.float32) for s in ((3, 4), (4, 4), (4,))), backend=be)
+layer.backward(layer.forward(np.ones((2, 5, 3), np.float32)))
+rnn = _kernels.numba_module("rnn_numba")
+print("started", bound("rnncore_sgemm"), bound(PRODUCT), mkl_loaded(), "libmkl_rt" in be.blas)
+hits = [(sum(d.stats.cache_hits.values()), sum(d.stats.cache_misses.values())) for d in (rnn.forward, rnn.backward)]
+print("cached", hits == [(1, 0), (1, 0)])
+print("dtypes", sorted({{str(a.dtype) for k in kernels() for sig in k.signatures for a in sig if hasattr(a, "dtype")
+                         and str(a.dtype).startswith("float")}}))
+"""
+
+
+def test_numba_kernels_import_without_side_effects_and_cache_across_processes():
+    """Importing every numba kernel module binds no BLAS symbol, loads no MKL and compiles nothing:
+    ``NumbaBackend()`` binds BLAS, a cell's first run binds the product its drivers call. A second
+    process loads the RNN's drivers from Numba's cache (each made from the one driver template by
+    ``numba/jit.py``'s ``instance``) instead of compiling them, and a float32 run compiles no
+    float64 kernel."""
+    first = run_python(FRESH_PROCESS).split("\n")
+    assert first[0] == "imported False False False 0", first
+    out = run_python(FRESH_PROCESS).split("\n")
+    assert out[0] == "imported False False False 0", out
+    started = out[1].split()
+    assert started[1:3] == ["True", "True"] and started[3] == started[4], out  # MKL loaded iff it is the BLAS
+    assert out[2] == "cached True", out
+    assert out[3] == "dtypes ['float32']", out

@@ -1,14 +1,18 @@
 """The Numba backend: NumPy arrays, every hot loop compiled, all threads Numba's own.
 
-Kernels live in ``kernels/*_numba.py``. Each recurrence is one compiled call per sequence
-with one parallel region per step; the large matrix products run BLAS (Intel MKL, sequential,
+Kernels live in ``kernels/``: a recurrence is one compiled call per sequence, the one driver of
+``kernels/numba/recurrence.py`` made with the cell's step math (``kernels/<cell>_numba.py``,
+imported when a cell first runs); the large matrix products run BLAS (Intel MKL, sequential,
 on Intel CPUs where ``pip install mkl`` put it; else SciPy's OpenBLAS; RNNCORE_BLAS=mkl|scipy
 chooses), one single-threaded call per thread on its share of the rows or columns. SciPy's OpenBLAS is
 therefore set to one thread when this backend starts (NumPy's own BLAS is left alone): with two
 thread pools spinning on two cores, each step waits on the other pool's spinning threads.
-``cache=True`` keeps the compiled code beside the kernels (or under NUMBA_CACHE_DIR), so
-only the first process compiles.
+A kernel compiles on its first call with new argument types (a cell, a dtype, a direction:
+only what runs); ``cache=True`` keeps the compiled code beside the kernels (or under
+NUMBA_CACHE_DIR), so only the first process compiles.
 """
+import functools
+
 import numpy as np
 
 try:
@@ -20,9 +24,10 @@ except ImportError as exc:
 from .. import _kernels
 from .numpy_backend import NumpyBackend
 
-_common = _kernels.numba_module("common_numba")
-_rnn = _kernels.numba_module("rnn_numba")
-_lstm = _kernels.numba_module("lstm_numba")
+_blas = _kernels.numba_module("numba.blas")
+_gemm = _kernels.numba_module("numba.gemm")
+_schedule = _kernels.numba_module("numba.schedule")
+_tile = _kernels.numba_module("numba.register_tile")
 _training = _kernels.numba_module("training_numba")
 
 
@@ -51,6 +56,18 @@ def _c(a):
     return a if _ready(a) else np.array(a, order="C")
 
 
+@functools.cache
+def _empty(dtype):
+    """An empty (0,) array of the dtype for an argument not given: a bias (one compiled GEMM kernel
+    for both), sequence lengths or a gradient scale where the other is given."""
+    return np.empty(0, dtype=dtype)
+
+
+def _lengths(lengths):
+    """Sequence lengths as the recurrence kernels take them: (N,) int64 (or None, or empty)."""
+    return lengths if lengths is None else _c(np.asarray(lengths, dtype=np.int64))
+
+
 def _ready(a):
     """Whether a goes to a kernel as it is: C order, writable, aligned (see ``_c``)."""
     return a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
@@ -62,8 +79,9 @@ class NumbaBackend(NumpyBackend):
     def __init__(self):
         super().__init__()
         self.blas_libraries = single_threaded_scipy_blas()
-        self.blas = _common.BLAS_LIBRARY  # the library the GEMM kernels call
+        self.blas = _blas.bind()  # the library the GEMM kernels call
         self._splits = {}
+        self._cells = {}
 
     # dense algebra ---------------------------------------------------------------------
     @staticmethod
@@ -85,7 +103,8 @@ class NumbaBackend(NumpyBackend):
         """out = a @ b (+ bias) by the GEMM kernel, through a buffer if out has another layout."""
         out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype) if out is None else out
         target = out if self._row_major(out) else np.empty(out.shape, dtype=out.dtype)
-        _common.gemm(self._operand(a), self._operand(b), target, numba.get_num_threads(), bias)
+        bias = _empty(a.dtype) if bias is None else _c(bias)
+        _gemm.gemm(*self._product(a, b, target), bias, numba.get_num_threads())
         if target is not out:
             out[...] = target
         return out
@@ -100,8 +119,7 @@ class NumbaBackend(NumpyBackend):
                 and all(self._blas_product(a, b, out) and self._row_major(out) for a, b, out in products)
                 and self._independent(products)):
             return super().matmuls(products)
-        operands = [x for a, b, out in products for x in (self._operand(a), self._operand(b), out)]
-        _common.gemm_three(*operands, numba.get_num_threads())
+        _gemm.gemm_three(*(self._product(a, b, out) for a, b, out in products), numba.get_num_threads())
 
     @staticmethod
     def _independent(products):
@@ -120,9 +138,13 @@ class NumbaBackend(NumpyBackend):
         return self._gemm(x, W, out, b)
 
     @staticmethod
-    def _operand(a):
-        """a as BLAS takes it: C- or F-contiguous (a transposed view goes as it is)."""
-        return a if (a.flags.c_contiguous or a.flags.f_contiguous) else np.ascontiguousarray(a)
+    def _product(a, b, out):
+        """(a, ta, b, tb, out) as the GEMM kernels take out = a @ b: each operand C-ordered, and
+        whether it holds the transpose of its matrix. A Fortran-ordered operand (a transposed
+        view) goes to BLAS as it lies, anything else not C-ordered as a copy."""
+        ta = a.flags.f_contiguous and not a.flags.c_contiguous
+        tb = b.flags.f_contiguous and not b.flags.c_contiguous
+        return _c(a.T if ta else a), ta, _c(b.T if tb else b), tb, out
 
     # recurrences -----------------------------------------------------------------------
     def _split(self, N, H, Wh):
@@ -137,8 +159,8 @@ class NumbaBackend(NumpyBackend):
         by_rows = Wh.nbytes <= WEIGHTS_KEPT_IN_L2 and N >= threads > 1
         key = (N, H, threads, by_rows)
         if key not in self._splits:
-            self._splits[key] = ((_common.even_chunks(N, threads), _common.even_chunks(H, 1)) if by_rows
-                                 else (_common.even_chunks(N, 1), _common.line_chunks(H, threads)))
+            self._splits[key] = ((_schedule.even_chunks(N, threads), _schedule.even_chunks(H, 1)) if by_rows
+                                 else (_schedule.even_chunks(N, 1), _schedule.line_chunks(H, threads)))
         return self._splits[key]
 
     @staticmethod
@@ -152,29 +174,37 @@ class NumbaBackend(NumpyBackend):
             return batch, True
         return _c(x), False
 
-    def rnn_forward(self, xw, h0, Wh):
-        _, N, H = xw.shape
-        return _rnn.rnn_forward(xw, _c(h0), _c(Wh), *self._split(N, H, Wh))
+    def _cell_kernels(self, cell, dtype):
+        """The cell's module, with its compiled (forward, backward) drivers: imported when the cell
+        first runs; the product its drivers call bound for the dtype (``bind_product``)."""
+        if cell.name not in self._cells:
+            self._cells[cell.name] = _kernels.numba_module(f"{cell.name}_numba")
+        _tile.bind_product(dtype)
+        return self._cells[cell.name]
 
-    def rnn_backward(self, dhs, hs, h0, Wh, dh_T=None):
-        _, N, H = dhs.shape
-        dxw = np.empty(dhs.shape, dtype=dhs.dtype)
-        dh = self.initial_grad(dh_T, h0)
-        _rnn.rnn_backward(*self._sequence(dhs), hs, _c(Wh), dh, dxw, dhs.dtype.type(1), *self._split(N, H, Wh))
-        return dxw, dh
-
-    def lstm_forward(self, xw, h0, c0, Wh):
+    def recurrence_forward(self, cell, xw, states0, Wh, bh=None, lengths=None):
         T, N, G = xw.shape
-        hs = np.empty((T, N, G // 4), dtype=xw.dtype)
-        cs = np.empty_like(hs)
-        _lstm.lstm_forward(xw, _c(h0), _c(c0), _c(Wh), hs, cs, *self._split(N, G // 4, Wh))
-        return hs, cs
+        H = G // cell.gates
+        hs = xw if cell.gates_are_h else np.empty((T, N, H), dtype=xw.dtype)
+        saved = tuple(np.empty((T, N, H), dtype=xw.dtype) for _ in cell.saved)
+        bh = None if bh is None else _c(bh)
+        self._cell_kernels(cell, xw.dtype).forward(xw, tuple(_c(s) for s in states0), _c(Wh), bh, hs, saved,
+                                                   _lengths(lengths), *self._split(N, H, Wh))
+        return hs, xw, saved
 
-    def lstm_backward(self, dhs, hs, cs, gates, h0, c0, Wh, dh_T=None, dc_T=None):
-        _, N, H = dhs.shape
-        dh, dc = self.initial_grad(dh_T, h0), self.initial_grad(dc_T, c0)
-        _lstm.lstm_backward(*self._sequence(dhs), cs, gates, _c(c0), _c(Wh), dh, dc, dhs.dtype.type(1), *self._split(N, H, Wh))
-        return dh, dc
+    def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
+        _, N, H = hs.shape
+        dstates = tuple(self.initial_grad(g, s) for g, s in zip(dstates_T or [None] * len(cell.states), states0))
+        # a new dxw where the gates are h (not to be written) or where its n block differs from dhw's (the GRU)
+        dxw = np.empty(gates.shape, dtype=gates.dtype) if cell.gates_are_h or cell.recurrent_bias else gates
+        dhw = dxw if cell.gates_are_h else gates
+        if scale is not None or lengths is not None:  # both arrays, either may be empty: one more compiled kernel
+            scale = _empty(dhw.dtype) if scale is None else _c(np.asarray(scale, dtype=dhw.dtype))
+            lengths = _empty(np.dtype(np.int64)) if lengths is None else lengths
+        self._cell_kernels(cell, dhw.dtype).backward(*self._sequence(dhs), _c(hs), tuple(_c(s) for s in saved),
+                                                     tuple(_c(s) for s in states0), _c(Wh), dhw, dxw, dstates, scale,
+                                                     _lengths(lengths), *self._split(N, H, Wh))
+        return dxw, dhw, list(dstates)
 
     # the rest of a training step --------------------------------------------------------
     def embedding_scatter_add(self, dW, ids, dout):
@@ -187,7 +217,7 @@ class NumbaBackend(NumpyBackend):
 
     def dropout_mask(self, shape, ratio, dtype):
         mask = self.rng.random(shape, dtype=dtype)
-        _training.keep_mask(mask, dtype.type(ratio), dtype.type(1.0 / (1.0 - ratio)))
+        _training.keep_mask(mask.reshape(-1), dtype.type(ratio), dtype.type(1.0 / (1.0 - ratio)))
         return mask
 
     def sum_rows(self, a, out):
@@ -197,14 +227,14 @@ class NumbaBackend(NumpyBackend):
         return out
 
     def sum_of_squares(self, arrays):
-        return sum(_training.sum_of_squares(_c(a)) for a in arrays)
+        return sum(_training.sum_of_squares(_c(a).reshape(-1)) for a in arrays)
 
     def scale_(self, a, s):
         if not a.flags.c_contiguous:
             return super().scale_(a, s)
-        _training.scale_(a, a.dtype.type(s))
+        _training.scale_(a.reshape(-1), a.dtype.type(s))
 
     def axpy_(self, alpha, x, y):
         if not y.flags.c_contiguous:
             return super().axpy_(alpha, x, y)
-        _training.axpy(y.dtype.type(alpha), _c(x), y)
+        _training.axpy(y.dtype.type(alpha), _c(x).reshape(-1), y.reshape(-1))
