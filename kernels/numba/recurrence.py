@@ -13,9 +13,9 @@ thread is its gate columns of h_{t-1} Wh by the register tile, then the cell's u
 and units; a backward step its columns of dhw_{t+1} Wh^T (the gradient reaching h_t through Wh),
 then the cell's gate gradients.
 
-A cell supplies two kernels, inlined where the driver calls them once per thread and step (as
-calls, their seventeen array arguments cost the RNN's backward at 100 about 2%)
-(``kernels/<cell>_numba.py``):
+A cell supplies two kernels (``kernels/<cell>_numba.py``), inlined where the driver calls them
+once per thread and step (as calls, their seventeen array arguments cost the RNN's backward at
+H=100 about 2%):
 
     forward_rows(t, r0, r1, u0, u1, rec, at, xw, states0, hs, saved, bh)
     backward_rows(t, r0, r1, u0, u1, dh, at, dhs, batch_major, hs, saved, states0, dhw, dxw,
@@ -109,11 +109,11 @@ def _backward(dhs, batch_major, hs, saved, states0, Wh, dhw, dxw, dstates, scale
     dxw      (T, N, G) C order, written: the gradient of xw; may be dhw (the RNN's and the LSTM's).
     dstates  tuple of (N, H) C order: the gradients at the last states on entry, at the first
              ones (h0, c0) on exit.
-    scale    (T,) of the arrays' dtype, or empty (none): what step t sends back to the states
-             before it (h_{t-1} through Wh and the bypass, c_{t-1}) is multiplied by scale[t].
-    lengths  as forward's, or empty: at a row's padded steps dxw and dhw are 0, dhs is not read,
-             and the gradients reaching the states pass through unchanged.
-             scale and lengths are both None or both arrays.
+    scale    (T,) of the arrays' dtype: what step t sends back to the states before it (h_{t-1}
+             through Wh and the bypass, c_{t-1}) is multiplied by scale[t].
+    lengths  as forward's: at a row's padded steps dxw and dhw are 0, dhs is not read, and the
+             gradients reaching the states pass through unchanged (unscaled).
+             scale and lengths are both None, or both arrays of which either may be empty.
     rows, units  as forward.
     """
     T, N, H = hs.shape
