@@ -157,7 +157,7 @@ def seam_outputs(be, cell, arrays, lengths, scale):
     forward = [hs.copy(), *(s.copy() for s in saved)]
     if lengths is not None:  # a padded step's saved rows are left as they were: not compared
         valid = (np.arange(len(hs))[:, None] < lengths)[..., None]
-        forward[1:] = [s * valid for s in forward[1:]]
+        forward[1:] = [np.where(valid, s, 0) for s in forward[1:]]  # (uninitialized there: may be NaN)
     dxw, dhw, dstates0 = be.recurrence_backward(cell, dhs, hs, gates, saved, states0, Wh, dstates_T, scale, lengths)
     return forward + [dxw, dhw, *dstates0]
 
