@@ -16,6 +16,7 @@ modules stand in for this tree's) or of the one before the cells became data (pe
 runs them behind the seam the layers call now).
 """
 import argparse
+import ctypes
 import importlib
 import io
 import statistics
@@ -24,6 +25,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import llvmlite.binding as llvm_binding
 import numpy as np
 from steps import layer_step, median_ms_of, set_numba_threads
 
@@ -108,6 +110,19 @@ class PerCellKernels(NumbaBackend):
         return gates, gates, dstates
 
 
+def same_blas(path):
+    """Point both versions' GEMM kernels at the BLAS this tree's backend chose (``path``): the old
+    kernels bind the symbols they call when imported, and with MKL loaded already they chose
+    SciPy's OpenBLAS, for whichever kernel was loaded after them. (Kernels load on first call.)"""
+    if "mkl" in Path(path).name:
+        lib = ctypes.CDLL(path)
+        addresses = {n: ctypes.cast(getattr(lib, n + "_"), ctypes.c_void_p).value for n in ("sgemm", "dgemm")}
+    else:
+        addresses = {n: numba_backend._blas._cython_blas_address(n) for n in ("sgemm", "dgemm")}
+    for name, address in addresses.items():
+        llvm_binding.add_symbol(f"rnncore_{name}", address)
+
+
 def versions(folder, cell):
     """{"old": (backend, switch), "new": ...}: ``switch()`` before each turn puts in the kernel
     modules of its version (the backend's module globals and its cells' modules)."""
@@ -125,7 +140,9 @@ def versions(folder, cell):
     if (folder / "common_numba.py").exists():
         if cell not in ("rnn", "lstm"):
             raise SystemExit(f"ab_kernels.py: {folder.parent.name} has no {cell} kernels")
-        return {"old": (PerCellKernels(), switch(None, ours, None)), "new": (new, switch(new, ours, None))}
+        old = PerCellKernels()
+        same_blas(new.blas)
+        return {"old": (old, switch(None, ours, None)), "new": (new, switch(new, ours, None))}
     theirs = {name: importlib.import_module(f"oldkernels.{m}") for name, m in SHARED.items()}
     old = NumbaBackend()
     return {"old": (old, switch(old, theirs, "oldkernels")), "new": (new, switch(new, ours, None))}

@@ -7,9 +7,11 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -71,6 +73,12 @@ def test_without_mpiexec_nothing_is_split_and_mpi4py_is_not_imported():
             "print('mpi4py' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_only_open_mpi_ranks_stop_on_sigcont_and_only_a_launcher_is_written_to():
+    assert distributed.launcher_stop_signals({"OMPI_COMM_WORLD_SIZE": "2"}) == (signal.SIGCONT,)
+    assert distributed.launcher_stop_signals({"PMI_RANK": "0"}) == ()
+    assert not distributed.tell_launcher("not for pytest's parent")  # not an mpiexec: left alone
 
 
 def test_the_launchers_are_recognized():
@@ -187,6 +195,73 @@ def test_a_signal_to_one_rank_stops_all_at_the_same_iteration_and_saves_once(tmp
     assert straight.returncode == 0, straight.stderr
     a, b = _metrics(tmp_path / "a.json"), _metrics(tmp_path / "b.json")
     assert a["test_ppl"] == pytest.approx(b["test_ppl"], rel=1e-5)
+
+
+# rank 0 writes "started" after its 20th forward pass; from then on each pass takes 20 ms more,
+# so the run is still going when mpiexec is signalled, and an iteration stays far below the
+# half second Open MPI's mpiexec leaves the ranks before it SIGKILLs them
+SLOW_DRIVER = textwrap.dedent("""
+    import os, sys, time
+    from rnncore import models
+    from rnncore.app.cli import main
+
+    forward, calls = models.RecurrentLM.forward, [0]
+
+    def slow(self, xs, ts):
+        calls[0] += 1
+        if os.environ.get("OMPI_COMM_WORLD_RANK") == "0" and calls[0] >= 20:
+            if calls[0] == 20:
+                open("started", "w").close()
+            time.sleep(0.02)
+        return forward(self, xs, ts)
+
+    models.RecurrentLM.forward = slow
+    sys.exit(main())
+""")
+
+
+def _mpi_flavour():
+    out = subprocess.run(["mpiexec", "--version"], capture_output=True, text=True, check=False)
+    return "openmpi" if "Open MPI" in out.stdout + out.stderr else "other"
+
+
+@needs_mpi
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_to_mpiexec_stops_all_ranks_and_rank_0_saves_once(tmp_path, sig):
+    """Ctrl-C (or SIGTERM, as ``timeout`` or a scheduler sends) to Open MPI 5's mpiexec itself:
+    it passes neither on but sends the ranks SIGCONT, SIGTERM and SIGKILL 0.25 s apart and exits
+    1. On the SIGCONT the ranks agree to stop at the next iteration, rank 0 saves once and says
+    so in one line; the run then resumes to the end."""
+    if _mpi_flavour() != "openmpi":
+        pytest.skip("the launcher's signal handling tested here is Open MPI's")
+    args = TINY + ["--backend", "numpy", "--checkpoint", "m.npz", "--epochs", "2"]
+    command = ["mpiexec", "-n", "2", "--oversubscribe", sys.executable, "-c", SLOW_DRIVER, "train", *args]
+    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        proc.send_signal(getattr(signal, sig))
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, stderr  # Open MPI's mpiexec: 1 after any Ctrl-C or SIGTERM
+    assert stderr.count("stopped") == 1, stderr
+    stopped = [line for line in stderr.splitlines() if "stopped" in line]
+    assert stopped[0].startswith("rnncore train: stopped: interrupted at epoch 1, iteration "), stderr
+    assert stopped[0].endswith("; resume with --resume (state saved in m.last.npz)"), stderr
+    saved = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".npz" or ".part" in p.name)
+    assert saved == ["m.last.npz"], saved  # one checkpoint, no leftover part-written file
+    with np.load(tmp_path / "m.last.npz") as f:
+        iteration = json.loads(str(f["meta"]))["trainer"]["iteration"]
+    assert 20 <= iteration < 100 and f"iteration {iteration};" in stopped[0]
+    out = _run(2, ["--checkpoint", "m.npz", "--resume", "--quiet", "--metrics", "a.json"], tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(_metrics(tmp_path / "a.json")["epochs"]) == 2
 
 
 @pytest.mark.gpu

@@ -107,6 +107,7 @@ def test_corpus_windows_are_slices_of_the_training_split(shared_data):
 
 
 def test_grads_command_writes_json_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     out_json, out_png = tmp_path / "g.json", tmp_path / "g.png"
     args = ["grads", "--backend", "numpy", "--cell", "rnn,gru", "--hidden", "8", "--length", "12", "--rows", "2"]
     assert main([*args, "--json", str(out_json), "--plot", str(out_png)]) == 0

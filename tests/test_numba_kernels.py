@@ -18,7 +18,7 @@ nb = pytest.importorskip("rnncore.backends.numba_backend")
 
 def run_python(code, **env):
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, **env), capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, check=False)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -104,7 +104,7 @@ def test_numba_float32_math_ulps():
     # exp where e^x is a normal float32, short of its last 0.4 before overflow: e^88.38 ..
     # e^88.72 overflow early (the kernels take e^x only inside tanh and sigmoid, or of x <= 0)
     exp_range = (x > -87.3) & (x < 88.3)
-    checks = [("exp", 1.0, got[0], np.exp(x64), exp_range), ("tanh", 1.5, got[1], np.tanh(x64), x == x),
+    checks = [("exp", 1.0, got[0], np.exp(x64), exp_range), ("tanh", 1.5, got[1], np.tanh(x64), ~np.isnan(x)),
               ("sigmoid", 2.5, got[2], 1 / (1 + np.exp(-x64)), x > -87.3)]
     for name, limit, out, truth, where in checks:
         ulp = np.spacing(np.abs(truth[where]).astype(np.float32)).astype(np.float64)
@@ -146,7 +146,7 @@ def test_numba_blas_choice(choice):
 def test_numba_blas_choice_rejects_unknown():
     env = dict(os.environ, RNNCORE_BLAS="openblas")
     out = subprocess.run([sys.executable, "-c", "import rnncore; rnncore.get_backend('numba')"], env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode != 0 and "RNNCORE_BLAS must be auto, mkl or scipy, got 'openblas'" in out.stderr
 
 
@@ -162,20 +162,26 @@ def seam_outputs(be, cell, arrays, lengths, scale):
     return forward + [dxw, dhw, *dstates0]
 
 
-@pytest.mark.parametrize("kind", CELL_KINDS)
-@pytest.mark.parametrize("split", ["rows", "units"])
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("N, H", [(1, 70), (5, 26), (13, 3), (37, 45)])
-def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
-    """Threads share a step by batch rows (Wh fits in L2) or by hidden units; both, with tiles
-    of up to 4 or 10 rows (a share of 5 rows goes as 2 + 3, of 13 as 3 + 3 + 3 + 4) and panels
-    of 16-32 columns whose last is cut at odd places (one, two or three vectors wide), compute
-    what NumPy does: through a layer, and at the seam with sequence lengths (0, partial, full)
-    and a per-step scale of the gradient, which the same compiled drivers run."""
+def recurrence_against_numpy(monkeypatch, kind, threads, N, H, l2_bytes):
+    """Runs the cell through a layer and at the seam (sequence lengths 0, partial and full, a
+    per-step gradient scale) on the numba backend with ``threads`` threads and Wh kept in L2 up
+    to ``l2_bytes``, checks everything against the NumPy backend (its own Python loop of
+    whole-batch NumPy calls, no numba kernel), and returns the (row bounds, unit bounds) every
+    numba call actually handed the compiled drivers."""
     import numba
 
-    monkeypatch.setattr(nb, "WEIGHTS_KEPT_IN_L2", 1 << 40 if split == "rows" else 0)
     be, numpy = rnncore.get_backend("numba"), rnncore.get_backend("numpy")
+    monkeypatch.setattr(nb, "WEIGHTS_KEPT_IN_L2", l2_bytes(H, layer_class(kind).cell) if callable(l2_bytes)
+                        else l2_bytes)
+    taken = []
+    split = be._split
+
+    def recorded(*args):
+        rows, units = split(*args)
+        taken.append((rows.tolist(), units.tolist()))
+        return rows, units
+
+    monkeypatch.setattr(be, "_split", recorded)
     cell = layer_class(kind).cell
     T, D = 6, 5
     rng = np.random.default_rng(N * H + threads)
@@ -189,15 +195,67 @@ def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
     lengths, scale = rng.integers(0, T + 1, N), rng.uniform(0, 2, T)
     lengths[0] = T
     expected_seam = seam_outputs(numpy, cell, seam, lengths, scale)
+    assert not taken  # the reference ran no numba driver
     before = numba.get_num_threads()
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(threads)
     try:
         got = run_recurrent(be, kind, params, xs, dhs, states)
         got_seam = seam_outputs(be, cell, seam, lengths, scale)
     finally:
         numba.set_num_threads(before)
-    for k, (e, g) in enumerate(zip(expected + expected_seam, got + got_seam)):
+    for k, (e, g) in enumerate(zip(expected + expected_seam, got + got_seam, strict=True)):
         assert rel_err(e, g) <= 1e-12, f"output {k}: {rel_err(e, g):.2e}"
+    assert taken and all(t == taken[0] for t in taken), taken  # forward and backward, layer and seam
+    return taken[0]
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("split", ["rows", "units"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("N, H", [(1, 70), (5, 26), (13, 3), (37, 45)])
+def test_numba_recurrence_splits(monkeypatch, kind, split, threads, N, H):
+    """Threads share a step by batch rows (Wh fits in L2) or by hidden units; both, with tiles
+    of up to 4 or 10 rows (a share of 5 rows goes as 2 + 3, of 13 as 3 + 3 + 3 + 4) and panels
+    of 16-32 columns whose last is cut at odd places (one, two or three vectors wide), compute
+    what NumPy does: through a layer, and at the seam with sequence lengths (0, partial, full)
+    and a per-step scale of the gradient, which the same compiled drivers run. Each case checks
+    which split the drivers were given: by rows only with 2 threads and at least 2 rows."""
+    import numba
+
+    threads = min(threads, numba.config.NUMBA_NUM_THREADS)
+    rows, units = recurrence_against_numpy(monkeypatch, kind, threads, N, H,
+                                           1 << 40 if split == "rows" else 0)
+    if split == "rows" and N >= threads == 2:
+        assert rows == [0, N // 2, N] and units == [0, H], (rows, units)
+    else:  # one range of rows; the units in 64-byte lines, as many groups as threads and lines allow
+        assert rows == [0, N], (rows, units)
+        assert len(units) - 1 == min(threads, -(-H // 16)) and units[0] == 0 and units[-1] == H, units
+
+
+ROW_SPLIT_FALLBACKS = {
+    # name: (N, l2_bytes(H, cell)): a row split asked for or not, and the units the threads get instead
+    "fewer rows than threads": (1, lambda H, cell: 1 << 40),  # Wh fits in L2, but 1 row for 2 threads
+    "Wh one byte over L2": (5, lambda H, cell: H * cell.gates * H * 8 - 1),  # float64 Wh (H, gates*H)
+}
+
+
+@pytest.mark.parametrize("kind", CELL_KINDS)
+@pytest.mark.parametrize("case", list(ROW_SPLIT_FALLBACKS))
+def test_numba_row_split_falls_back_to_units(monkeypatch, kind, case):
+    """Where splitting by rows cannot pay (fewer batch rows than threads; Wh one byte over what a
+    core's L2 keeps), the threads split the hidden units instead: 2 threads, H = 45 is 3 lines of
+    16 units, so groups [0, 16) and [16, 45), all 5 (or 1) rows each; and what they compute is
+    what the NumPy backend does. The control beside it: Wh exactly at the limit, 5 rows, goes by
+    rows (2 + 3) on the same shapes."""
+    import numba
+
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs 2 Numba threads")
+    N, l2_bytes = ROW_SPLIT_FALLBACKS[case]
+    rows, units = recurrence_against_numpy(monkeypatch, kind, 2, N, 45, l2_bytes)
+    assert (rows, units) == ([0, N], [0, 16, 45])
+    exactly = recurrence_against_numpy(monkeypatch, kind, 2, 5, 45, lambda H, cell: H * cell.gates * H * 8)
+    assert exactly == ([0, 2, 5], [0, 45])
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

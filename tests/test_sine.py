@@ -86,6 +86,7 @@ def test_rnn_forecasts_are_the_rnn_run_on_history_and_its_own_predictions():
 
 
 def test_sine_command_prints_both_models_and_plots(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     png = tmp_path / "sine.png"
     assert main(["sine", "--backend", "numpy", "--iterations", "30", "--plot", str(png)]) == 0
     out = capsys.readouterr().out

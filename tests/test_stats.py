@@ -60,6 +60,7 @@ def test_zipf_exponent_is_the_least_squares_slope():
 
 
 def test_stats_command_prints_and_writes_json_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
     corpus = tmp_path / "tiny.txt"
     corpus.write_text("The cat, the CAT sat.\nThe end")
     out_json, out_png = tmp_path / "s.json", tmp_path / "s.png"

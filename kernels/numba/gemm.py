@@ -69,10 +69,10 @@ def _blas_workspace(shares, dtype):
     """BLAS takes every argument by address: per share the integers m, n, k, lda, ldb, ldc;
     then alpha = 1, beta = 0 and the flags 'N' (as stored) and 'T' (transposed)."""
     ints = np.empty((shares, 6), dtype=np.int32)
-    scalars = np.zeros(2, dtype=dtype)
-    scalars[0] = 1
-    flags = np.full(2, ord("N"), dtype=np.uint8)
-    flags[1] = ord("T")
+    scalars = np.empty(2, dtype=dtype)  # np.empty and stores: np.zeros or np.full are parallel loops here
+    scalars[0], scalars[1] = 1, 0
+    flags = np.empty(2, dtype=np.uint8)
+    flags[0], flags[1] = ord("N"), ord("T")
     return ints, scalars, flags
 
 

@@ -119,7 +119,8 @@ def _backward(dhs, batch_major, hs, saved, states0, Wh, dhw, dxw, dstates, scale
     T, N, H = hs.shape
     panels, cols, first, C = unit_panels(Wh, True, H, 1, units)
     dh_step = np.empty((N, first[-1] * C), dtype=dhw.dtype)  # the gradient reaching h_t through Wh, packed
-    bypass = np.zeros((N if has_bypass else 0, H), dtype=dhw.dtype)  # noqa: F821 (bound by drivers)
+    bypass = np.empty((N if has_bypass else 0, H), dtype=dhw.dtype)  # noqa: F821 (bound by drivers)
+    zero(bypass.reshape(-1))  # (np.zeros would be a parallel loop: a region of its own)
     one = like(dhw, 1)
     for p in prange(panels.shape[0]):
         pack_panels(Wh, True, cols, panels, np.int64(p), np.int64(p) + 1)
@@ -241,8 +242,8 @@ def copy(into, x):
 
 @kernel(inline="always")
 def zero(x):
-    """x[:] = 0 as a loop: an array expression in a parallel kernel is a parallel loop of its own,
-    more to compile."""
+    """x[:] = 0 as a loop: in a parallel kernel an array expression (or np.zeros) is a parallel
+    loop of its own, a region each call and more to compile."""
     for j in range(x.size):
         x[j] = 0
 

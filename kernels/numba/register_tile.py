@@ -198,7 +198,9 @@ def pack_rows(A, n0, rows, packed):
                 packed[k, i] = A[n0 + i, k]
 
 
-@kernel(inline="always")  # inlined, as thread_columns: called once a sequence, not worth a compiled function each
+# Not inlined: in a driver (a parallel kernel) its np.zeros and np.full became parallel loops, a
+# parallel region each a call (6-9% of the RNN's recurrences at H=100).
+@callee
 def unit_panels(W, transposed, H, gates, units):
     """Room for the columns of B = W^T if ``transposed`` else W that each unit group needs, packed
     (``thread_columns``): (panels, cols, first, C)."""

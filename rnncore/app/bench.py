@@ -34,12 +34,23 @@ Each row (also the keys of --json's "rows"):
   analytic_bytes what backward needs kept for one chunk: T*N*(H + kH + V) values,
                  k = 1 (RNN: h), 6 (LSTM: h, c, 4 gates) or 5 (GRU: h, 3 gates, h Wh_n),
                  plus, when checkpointed, L/segment saved states
-  grad_cosine    cosine between this pass's gradient of Wh and full BPTT's, same runner
+  grad_cosine    cosine between this pass's gradient of Wh and full BPTT's, same runner (one
+                 draw: the timed pass's, seeded by --seed)
+  draws          gradient draws behind the next two keys: --draws (default 8) for random and
+                 randomized truncation, draw i seeded by --seed + i (draw 0 is the timed pass's;
+                 the others are extra gradient-only passes, untimed); 1 for regular truncation
+                 and full BPTT, which are deterministic
+  grad_bias_cosine  the scheme's bias: cosine between the MEAN of the draws' gradients of Wh and
+                 full BPTT's (regular: equal to grad_cosine). An unbiased scheme's (randomized)
+                 nears 1 only as draws grow, about 1/sqrt(1 + grad_spread^2/draws)
+  grad_spread    the draws' spread: the mean over draws i of ||g_i - mean|| / ||mean||, g_i the
+                 draws' gradients of Wh, mean their mean (exactly 0 where draws = 1)
 
 After the table, a summary per cell (--json's "summary"): at T = 35 (the books' truncation),
 the fastest runner's time per token and its speedup over the textbook peer and PyTorch; the
 peak memory of that truncation against full BPTT's; the shortest T whose gradient cosine
-with full BPTT reaches 0.99.
+with full BPTT reaches 0.99; and, for the same rnncore backend at that T, each truncation
+scheme's bias cosine and spread ("schemes": truncation -> grad_bias_cosine, grad_spread, draws).
 """
 import json
 import math
@@ -69,6 +80,7 @@ TRUNCATIONS = ("regular", "random", "randomized")
 QUICK_CELLS = "lstm"
 SUMMARY_T = 35  # the books' truncation: the summary compares runners and memory there
 GOOD_COSINE = 0.99
+DRAWS = 8  # gradient draws per random / randomized truncation row: its bias and spread
 NOISY_SPREAD = 0.25  # (slowest - fastest) / median of a row's timed passes above this: noisy
 LOG_INTERVAL = 10  # seconds between progress lines on a stream that is not a terminal
 COMPILING = "compiling Numba kernels, first run only"
@@ -90,6 +102,11 @@ def add_arguments(p):
     p.add_argument("--json", help="write the rows, the summary and the machine as JSON here")
     p.add_argument("--plot", help="write time and memory against T as a PNG here (needs matplotlib)")
     p.add_argument("--seed", type=int, default=0, help="seed of the stream and the weights (default 0)")
+    p.add_argument("--draws", type=positive(int), default=DRAWS,
+                   help="gradient draws (seeds seed, seed+1, ...) of each random and randomized truncation "
+                        "row, for its bias (cosine of the draws' mean gradient with full BPTT's) and spread "
+                        "(mean ||g_i - mean|| / ||mean||); untimed gradient-only passes; regular truncation "
+                        f"is deterministic, one draw (default {DRAWS}; --quick runs regular truncation only)")
     p.add_argument("--no-isolate", dest="isolate", action="store_false",
                    help="run every runner in this process (default: one subprocess per runner)")
 
@@ -118,10 +135,11 @@ def run(args):
 def _settings(args):
     q = args.quick
     cells = args.cell or (QUICK_CELLS if q else "rnn,lstm")
-    s = dict(N=args.batch or (8 if q else 16), H=args.hidden or (64 if q else 128), V=args.vocab,
-             L=args.length or (280 if q else 1120), repeats=args.repeats or (3 if q else 5), seed=args.seed,
-             quick=q, cells=[c.strip() for c in cells.split(",") if c.strip()], peers=not args.no_peers,
-             backends=[b.strip() for b in args.backend.split(",")] if args.backend else available_backends())
+    s = {"N": args.batch or (8 if q else 16), "H": args.hidden or (64 if q else 128), "V": args.vocab,
+         "L": args.length or (280 if q else 1120), "repeats": args.repeats or (3 if q else 5), "seed": args.seed,
+         "draws": getattr(args, "draws", None) or DRAWS,
+         "quick": q, "cells": [c.strip() for c in cells.split(",") if c.strip()], "peers": not args.no_peers,
+         "backends": [b.strip() for b in args.backend.split(",")] if args.backend else available_backends()}
     if not set(s["cells"]) <= set(CELLS) or not s["cells"]:
         raise ValueError(f"--cell takes {', '.join(CELLS)} or several, comma-separated; got {cells!r}")
     s["sweep"] = [T for T in (QUICK_SWEEP if q else SWEEP) if T < s["L"]] + [s["L"]]
@@ -138,13 +156,13 @@ def _specs(runner_name, s):
     whole chunk in one call and cannot scale or restart the gradient within it)."""
     ours = runner_name in s["backends"]
     L = s["L"]
-    specs = [dict(T=L, truncation="regular", L=L, checkpoint=None)]
+    specs = [{"T": L, "truncation": "regular", "L": L, "checkpoint": None}]
     for kind in s["truncations"]:
         if ours or kind != "randomized":
-            specs += [dict(T=T, truncation=kind, L=L, checkpoint=None) for T in s["sweep"] if T < L]
+            specs += [{"T": T, "truncation": kind, "L": L, "checkpoint": None} for T in s["sweep"] if T < L]
     for length in s["full_lengths"] if ours else ():
-        segment = max(1, int(round(math.sqrt(length))))
-        specs += [dict(T=length, truncation="regular", L=length, checkpoint=c) for c in (None, segment)]
+        segment = max(1, round(math.sqrt(length)))
+        specs += [{"T": length, "truncation": "regular", "L": length, "checkpoint": c} for c in (None, segment)]
     return specs
 
 
@@ -174,13 +192,14 @@ def _collect(names, s, isolate, comm=distributed.SINGLE):
     # one process: each runner's cells in one go; ranks: (runner, cell) pairs, for a finer deal
     groups = [[cell] for cell in s["cells"]] if comm.size > 1 else [s["cells"]]
     mine = [(name, tuple(cells)) for name in names for cells in groups][comm.rank::comm.size]
-    lengths = [spec["L"] for name, _ in mine for spec in _specs(name, s)]
-    with _Progress(lengths, s["repeats"], None if comm.rank == 0 else open(os.devnull, "w")) as progress:
+    specs = [spec for name, cells in mine for _ in cells for spec in _specs(name, s)]  # a runner's rows per cell
+    with _Progress([spec["L"] for spec in specs], s["repeats"], None if comm.rank == 0 else open(os.devnull, "w"),
+                   extra=[_draws(spec, s) - 1 for spec in specs]) as progress:
         for name, cells in mine:
             # One process per runner: two thread pools (Numba's, PyTorch's OpenMP) left spinning
             # in one process slow whichever runs next and skew the comparison. The Numba cache
             # is on disk, so no process compiles what an earlier run compiled.
-            task = dict(runner=name, settings={**s, "cells": list(cells)})
+            task = {"runner": name, "settings": {**s, "cells": list(cells)}}
             rows[name, cells] = []
             for event in _in_subprocess(task) if isolate else _run_runner(task):
                 if "machine" in event:
@@ -231,10 +250,17 @@ def _run_runner(task):
             yield from _row_events(runner, cell, spec, s, reference, compiling=k == 0 and runner.name == "numba")
 
 
+def _draws(spec, s):
+    """The gradient draws a row takes: regular truncation (full BPTT and checkpointed passes
+    included) is deterministic, one; random and randomized truncation take s["draws"]."""
+    return 1 if spec["truncation"] == "regular" else s["draws"]
+
+
 def _row_events(runner, cell, spec, s, reference, compiling=False):
-    """One row: an untimed warm-up pass (where Numba compiles; its gradient is the row's), the
-    timed passes, then a pass for peak memory. The row event carries the seconds after the
-    warm-up, from which the progress line's ETA is reckoned."""
+    """One row: an untimed warm-up pass (where Numba compiles; its gradient is the row's first
+    draw), the timed passes, a pass for peak memory, then the other gradient draws (untimed,
+    seeds seed+1, seed+2, ...). The row event carries the seconds after the warm-up, from which
+    the progress line's ETA is reckoned."""
     label = f"{runner.name} {cell} T={spec['T']} {spec['truncation']}" + (
         f" L={spec['L']} checkpoint={spec['checkpoint']}" if spec["checkpoint"] else "")
     yield {"label": f"{runner.name} {cell}: {COMPILING}" if compiling else label, "compiling": compiling}
@@ -257,16 +283,24 @@ def _row_events(runner, cell, spec, s, reference, compiling=False):
     peak = runner.peak_bytes(one_pass)
     if spec["T"] == L and spec["truncation"] == "regular" and spec["checkpoint"] is None:
         reference[(cell, L)] = grad
+    full = reference[(cell, L)]
+    draws = _draws(spec, s)
+    if draws > 1:
+        grads = [grad] + [runner.grad_wh(model, _pass(runner, model, xs, ts, spec, s["seed"] + i)())
+                          for i in range(1, draws)]
+        bias, spread = draw_stats(grads, full)
+    else:
+        bias, spread = _cosine(grad, full), 0.0
     median = statistics.median(times)
-    row = dict(backend=runner.name, cell=cell, N=N, H=s["H"], L=L, T=spec["T"], truncation=spec["truncation"],
-               checkpoint=spec["checkpoint"], time_per_token_s=median / (N * L),
-               time_spread_s=[min(times) / (N * L), max(times) / (N * L)],
-               noisy=(max(times) - min(times)) > NOISY_SPREAD * median, warm_up_s=warm_up,
-               tokens_per_s=N * L / median if median > 0 else float("inf"), peak_bytes=peak,
-               analytic_bytes=analytic_bytes(cell, N, s["H"], s["V"], L if spec["truncation"] == "randomized"
-                                             else spec["T"], 4, L, spec["checkpoint"]),
-               grad_cosine=_cosine(grad, reference[(cell, L)]))
-    yield {"row": row, "seconds": clock() - start, "passes": s["repeats"] + 1}
+    row = {"backend": runner.name, "cell": cell, "N": N, "H": s["H"], "L": L, "T": spec["T"],
+           "truncation": spec["truncation"], "checkpoint": spec["checkpoint"], "time_per_token_s": median / (N * L),
+           "time_spread_s": [min(times) / (N * L), max(times) / (N * L)],
+           "noisy": (max(times) - min(times)) > NOISY_SPREAD * median, "warm_up_s": warm_up,
+           "tokens_per_s": N * L / median if median > 0 else float("inf"), "peak_bytes": peak,
+           "analytic_bytes": analytic_bytes(cell, N, s["H"], s["V"], L if spec["truncation"] == "randomized"
+                                            else spec["T"], 4, L, spec["checkpoint"]),
+           "grad_cosine": _cosine(grad, full), "draws": draws, "grad_bias_cosine": bias, "grad_spread": spread}
+    yield {"row": row, "seconds": clock() - start, "passes": s["repeats"] + draws}
 
 
 def _pass(runner, model, xs, ts, spec, seed):
@@ -297,6 +331,16 @@ def analytic_bytes(cell, N, H, V, T, itemsize, L=None, checkpoint=None):
     if checkpoint:
         return int(min(checkpoint, L) * per_step + math.ceil(L / checkpoint) * N * H * len(c.states) * itemsize)
     return int(T * per_step)
+
+
+def draw_stats(grads, full):
+    """A scheme's bias and spread from its gradient draws: the cosine between the draws' mean and
+    full BPTT's gradient ``full``, and the mean over draws of ||g_i - mean|| / ||mean||."""
+    g = np.stack([np.ravel(x).astype(np.float64) for x in grads])
+    mean = g.mean(axis=0)
+    norm = np.linalg.norm(mean)
+    spread = float(np.linalg.norm(g - mean, axis=1).mean() / norm) if norm else float("nan")
+    return _cosine(mean, full), spread
 
 
 def _cosine(a, b):
@@ -398,9 +442,9 @@ class TorchRunner:
         torch = self.torch
         torch.manual_seed(s["seed"])
         rnn_cls = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell]
-        return torch.nn.ModuleDict(dict(
-            embed=torch.nn.Embedding(s["V"], s["H"]), rnn=rnn_cls(s["H"], s["H"], batch_first=True),
-            out=torch.nn.Linear(s["H"], s["V"]))).to(self.device)
+        return torch.nn.ModuleDict({
+            "embed": torch.nn.Embedding(s["V"], s["H"]), "rnn": rnn_cls(s["H"], s["H"], batch_first=True),
+            "out": torch.nn.Linear(s["H"], s["V"])}).to(self.device)
 
     def stream(self, xs, ts):
         torch = self.torch
@@ -458,8 +502,10 @@ def summary_T(s):
 def summarize(rows, s):
     """Per cell, from the table's regular rows over the sweep's stream: at T = ``summary_T``, the
     fastest runner's time per token and its speedup over the textbook peer and PyTorch; for
-    rnncore's fastest backend there, its peak memory against full BPTT's and the shortest T whose
-    gradient cosine with full BPTT reaches GOOD_COSINE. None where a runner or value is missing."""
+    rnncore's fastest backend there, its peak memory against full BPTT's, the shortest T whose
+    gradient cosine with full BPTT reaches GOOD_COSINE, and each truncation scheme's bias cosine,
+    spread and draws at T ("schemes", in TRUNCATIONS' order; the schemes it ran). None where a
+    runner or value is missing."""
     T, L = summary_T(s), s["L"]
     out = []
     for cell in s["cells"]:
@@ -475,14 +521,20 @@ def summarize(rows, s):
         best = min(ours, key=lambda r: r["time_per_token_s"]) if ours else fastest
         full = next(r for r in sweep if r["backend"] == best["backend"] and r["T"] == L)
         reaching = [r["T"] for r in sweep if r["backend"] == best["backend"] and r["grad_cosine"] >= GOOD_COSINE]
-        out.append(dict(
-            cell=cell, T=T, L=L, fastest=fastest["backend"], time_per_token_s=fastest["time_per_token_s"],
-            speedup_over_textbook=_ratio(peers["textbook"], fastest),
-            speedup_over_torch=_ratio(peers["torch"], fastest),
-            torch=peers["torch"] and peers["torch"]["backend"],
-            noisy=sorted({r["backend"] for r in (fastest, *peers.values()) if r and r["noisy"]}),
-            memory_runner=best["backend"], truncated_peak_bytes=best["peak_bytes"], full_peak_bytes=full["peak_bytes"],
-            cosine_threshold=GOOD_COSINE, shortest_T_reaching=min(reaching, default=None)))
+        cuts = {r["truncation"]: r for r in rows if r["cell"] == cell and r["L"] == L and r["T"] == T
+                and r["checkpoint"] is None and r["backend"] == best["backend"]}
+        schemes = {kind: {key: cuts[kind].get(key) for key in ("grad_bias_cosine", "grad_spread", "draws")}
+                   for kind in TRUNCATIONS if kind in cuts}
+        out.append({
+            "cell": cell, "T": T, "L": L, "fastest": fastest["backend"],
+            "time_per_token_s": fastest["time_per_token_s"],
+            "speedup_over_textbook": _ratio(peers["textbook"], fastest),
+            "speedup_over_torch": _ratio(peers["torch"], fastest),
+            "torch": peers["torch"] and peers["torch"]["backend"],
+            "noisy": sorted({r["backend"] for r in (fastest, *peers.values()) if r and r["noisy"]}),
+            "memory_runner": best["backend"], "truncated_peak_bytes": best["peak_bytes"],
+            "full_peak_bytes": full["peak_bytes"],
+            "cosine_threshold": GOOD_COSINE, "shortest_T_reaching": min(reaching, default=None), "schemes": schemes})
     return out
 
 
@@ -499,7 +551,7 @@ def machine():
 
 def format_table(rows):
     head = f"{'runner':<11}{'cell':<5}{'trunc':<11}{'L':>6}{'T':>6}{'ckpt':>5}{'us/token':>10}{'spread':>8}" \
-           f"{'tokens/s':>11}{'peak MB':>9}{'need MB':>9}{'cos':>8}"
+           f"{'tokens/s':>11}{'peak MB':>9}{'need MB':>9}{'cos':>8}{'bias':>8}{'g-sprd':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
         peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.1f}"
@@ -507,7 +559,12 @@ def format_table(rows):
         spread = f"{(hi - lo) / r['time_per_token_s'] * 100:.0f}%" + ("!" if r["noisy"] else " ")
         lines.append(f"{r['backend']:<11}{r['cell']:<5}{r['truncation']:<11}{r['L']:>6}{r['T']:>6}"
                      f"{r['checkpoint'] or '-':>5}{r['time_per_token_s'] * 1e6:>10.2f}{spread:>8}"
-                     f"{r['tokens_per_s']:>11.0f}{peak:>9}{r['analytic_bytes'] / 2**20:>9.1f}{r['grad_cosine']:>8.4f}")
+                     f"{r['tokens_per_s']:>11.0f}{peak:>9}{r['analytic_bytes'] / 2**20:>9.1f}{r['grad_cosine']:>8.4f}"
+                     f"{r['grad_bias_cosine']:>8.4f}{r['grad_spread']:>7.2f}")
+    draws = sorted({r["draws"] for r in rows if r["draws"] > 1})
+    if draws:
+        lines.append(f"cos: one pass; bias: cosine of the mean gradient over {'/'.join(map(str, draws))} draws with "
+                     "full BPTT's; g-sprd: mean ||g_i - mean|| / ||mean|| over the draws (regular: one draw)")
     if any(r["noisy"] for r in rows):
         lines.append(f"! noisy: the timed passes range over more than {NOISY_SPREAD:.0%} of their median "
                      "(another process on the cores?)")
@@ -529,9 +586,18 @@ def format_summary(summary):
                          f"full BPTT (T={c['L']}) at {full / 2**20:.1f} MB ({full / truncated:.1f}x)")
         lines.append(f"  gradient ({c['memory_runner']}): cosine with full BPTT reaches {c['cosine_threshold']} "
                      f"from T={c['shortest_T_reaching']} on")
+        if c.get("schemes"):
+            lines.append(f"  bias at T={c['T']} ({c['memory_runner']}; cosine of the mean gradient with full BPTT's): "
+                         + "; ".join(_scheme_text(kind, x) for kind, x in c["schemes"].items()))
         if c["cell"] == "gru" and c["speedup_over_textbook"]:
             lines.append("  (the textbook GRU is the books' form, (r*h) Wh_n: another function at the same cost)")
     return "\n".join(["summary:"] + lines)
+
+
+def _scheme_text(kind, x):
+    if x["draws"] == 1:
+        return f"{kind} {x['grad_bias_cosine']:.3f} (deterministic)"
+    return f"{kind} {x['grad_bias_cosine']:.3f} (spread {x['grad_spread']:.2f}, {x['draws']} draws)"
 
 
 def plot(rows, path):
@@ -574,13 +640,16 @@ class _Progress:
     token-pass of the finished rows after their warm-ups, times the token-passes left, so time
     spent compiling never enters it (an ETA from elapsed time would grow by the compile's
     length). On a stream that is not a terminal: a plain line at most every LOG_INTERVAL
-    seconds, and one as compiling starts."""
+    seconds, and one as compiling starts. ``extra``: each row's gradient draws beyond its first
+    (passes after the warm-up, so counted like the timed ones)."""
 
-    def __init__(self, lengths, repeats, stream=None):
+    def __init__(self, lengths, repeats, stream=None, extra=None):
         stream = sys.stderr if stream is None else stream
         self.tty = stream.isatty()
         self.repeats, self.seconds, self.done = repeats, 0.0, 0
-        self.left = sum(lengths) * (repeats + 2)  # a row's passes: warm-up, timed, peak memory
+        extra = extra or [0] * len(lengths)
+        # a row's passes: warm-up, timed, peak memory, extra draws
+        self.left = sum(L * (repeats + 2 + e) for L, e in zip(lengths, extra))
         self.bar = tqdm(total=len(lengths), file=stream if self.tty else _Lines(stream), ascii=not self.tty,
                         mininterval=0.1 if self.tty else LOG_INTERVAL, dynamic_ncols=self.tty,
                         bar_format="{n_fmt}/{total_fmt} {bar:20} {desc}{postfix}", desc="starting", postfix="ETA ?")
@@ -595,9 +664,10 @@ class _Progress:
         self.bar.set_description_str(label, refresh=self.tty or compiling)
 
     def finish(self, L, seconds, passes):
+        """A row done: ``passes`` after its warm-up took ``seconds``."""
         self.seconds += seconds
         self.done += L * passes
-        self.left -= L * (self.repeats + 2)
+        self.left -= L * (passes + 1)
         self.bar.set_postfix_str(f"ETA {self.eta():.0f}s", refresh=False)
         self.bar.update()
 

@@ -413,12 +413,21 @@ def _check_trainer(state):
     batches = state.get("batches")
     _need(isinstance(batches, dict) and (_is_int(batches.get("position")) or _is_rng_state(batches.get("rng"))),
           "its batch position is malformed")
-    _need(state.get("rng") is None or _is_rng_state(state["rng"]), "its random generator state is malformed")
+    _need(state.get("rng") is None or _is_rng_state(state["rng"]) or _is_cupy_rng_state(state["rng"]),
+          "its random generator state is malformed")
 
 
 def _is_epoch_record(record):
     return (isinstance(record, dict) and _is_int(record.get("epoch"), 1) and _is_number(record.get("train_ppl"))
             and _is_number(record.get("lr")) and _is_number(record.get("valid_ppl", 0)))
+
+
+def _is_cupy_rng_state(state):
+    """Whether ``state`` has the form of the cupy backend's ``rng_state()`` (a backend that cannot
+    continue it re-seeds from it: ``Backend.set_rng_state``)."""
+    return (isinstance(state, dict) and set(state) == {"bit_generator", "size", "state"}
+            and isinstance(state["bit_generator"], str) and state["bit_generator"].startswith("cupy.")
+            and _is_int(state["size"], 1) and isinstance(state["state"], str))
 
 
 def _is_rng_state(state):

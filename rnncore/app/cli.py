@@ -386,8 +386,8 @@ def cmd_train(args):
     if args.corpus and Path(args.corpus).is_file():  # recorded absolute, so a resume finds it from anywhere
         args.corpus = str(Path(args.corpus).resolve())
     outputs = _outputs(args, ckpt_path)
+    _refuse_shared_files(outputs)  # first: a clash is the more specific error
     _check_outputs(outputs, args.plot)
-    _refuse_shared_files(outputs)
     # under mpiexec rank 0 alone holds the lock and writes (the other ranks would find it taken)
     with checkpoint.lock(ckpt_path) if distributed.communicator().rank == 0 else contextlib.nullcontext():
         return _train(args, be, ckpt_path, outputs)

@@ -12,6 +12,7 @@ Without mpiexec ``communicator()`` is ``SINGLE`` and mpi4py is not imported.
 """
 import importlib.util
 import os
+import signal
 import sys
 
 import numpy as np
@@ -28,6 +29,44 @@ def agreed_signal(flags):
 
 def launched_by_mpiexec(environ=os.environ):
     return any(name in environ for name in LAUNCHER_VARIABLES)
+
+
+# Ctrl-C, SIGTERM or SIGHUP to Open MPI 5's mpiexec (PRRTE's prterun) is not passed on: it sends
+# each rank SIGCONT, then SIGTERM 0.25 s later, then SIGKILL 0.25 s after that (hard-coded in
+# PRRTE's odls kill_local_procs, no MCA parameter changes it), and exits 1 whatever the ranks do.
+LAUNCHER_KILL_WINDOW_S = 0.5
+
+
+def launcher_stop_signals(environ=os.environ):
+    """The signals that tell a rank its launcher is ending the job: SIGCONT under Open MPI, the
+    first of prterun's SIGCONT, SIGTERM, SIGKILL. The ranks stop at the next iteration and rank 0
+    saves, which must fit in LAUNCHER_KILL_WINDOW_S. Job control sends SIGCONT too: a run that
+    was stopped with Ctrl-Z and resumed with ``fg`` also saves and stops."""
+    return (signal.SIGCONT,) if "OMPI_COMM_WORLD_SIZE" in environ else ()
+
+
+LAUNCHERS = ("prterun", "mpiexec", "mpirun", "orterun")  # names of Open MPI's mpiexec process
+
+
+def tell_launcher(line, pid=None):
+    """Write ``line`` to mpiexec's own stderr (the terminal or log it was started with): once it
+    is ending the job, prterun forwards no more of the ranks' output. Only where this rank's
+    parent is mpiexec itself (rank 0 on mpiexec's node, Linux); returns whether it was written."""
+    pid = os.getppid() if pid is None else pid
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            if f.read().strip() not in LAUNCHERS:
+                return False
+        fd = os.open(f"/proc/{pid}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def rows_of(rank, size, total):

@@ -362,24 +362,58 @@ def _format_record(r):
 
 class _StopFlag:
     requested = 0  # the signal that asked to stop
+    launcher_at = None  # time.monotonic() of mpiexec's first warning that it is ending the job
+    terminated = False  # ... and its SIGTERM after it: then it forwards no more output
 
 
 @contextmanager
-def _stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM)):
+def _stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM), launcher_signals=None):
     """Ctrl-C or SIGTERM (what ``timeout`` and job schedulers send) sets a flag; the loop finishes
-    the iteration, saves, and stops cleanly."""
+    the iteration, saves, and stops cleanly.
+
+    Under Open MPI, Ctrl-C or SIGTERM to mpiexec itself reaches the ranks as SIGCONT, SIGTERM 0.25 s
+    later and SIGKILL 0.25 s after that (distributed.launcher_stop_signals): on the SIGCONT they
+    stop as on a SIGTERM, which must fit in that half second. mpiexec forwards no output once it
+    sent the SIGTERM, so rank 0 then writes its one line to mpiexec's stderr itself."""
     flag = _StopFlag()
+    if launcher_signals is None:
+        launcher_signals = distributed.launcher_stop_signals()
+
+    def stop(signum, _):
+        flag.requested = signum
+        flag.terminated = flag.launcher_at is not None
+
+    def launcher_ending(signum, _):
+        flag.launcher_at = time.monotonic()
+        flag.requested = flag.requested or signal.SIGTERM
+
     previous = {}
     try:
         for sig in signals:
-            previous[sig] = signal.signal(sig, lambda signum, _: setattr(flag, "requested", signum))
+            previous[sig] = signal.signal(sig, stop)
+        for sig in launcher_signals:
+            previous[sig] = signal.signal(sig, launcher_ending)
     except ValueError:  # not the main thread: no handlers, signals behave as usual
         pass
     try:
         yield flag
+    except TrainingInterrupted as exc:
+        if flag.launcher_at is not None and distributed.current().rank == 0:
+            _tell_launcher(flag, f"rnncore train: stopped: {exc}")
+        raise
     finally:
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            if flag.launcher_at is None or sig not in signals:  # else SIGKILL is coming: keep them
+                signal.signal(sig, handler)
+
+
+def _tell_launcher(flag, line, wait_s=0.4):
+    """mpiexec's SIGTERM follows its SIGCONT: wait for it (a SIGCONT alone is job control, ``fg``
+    after Ctrl-Z, and the line goes out as usual), then write ``line`` past mpiexec."""
+    while not flag.terminated and time.monotonic() < flag.launcher_at + wait_s:
+        time.sleep(0.005)
+    if flag.terminated:
+        distributed.tell_launcher(line)
 
 
 COMPILE_NOTE = "compiling Numba kernels (first run only)"

@@ -53,7 +53,10 @@ mean loss over labels != -1 and its gradient in one pass; ``dropout_mask``; the 
 algebra (``matmul``, ``matmuls``, ``linear``, ``sum_rows``) layers and optimizers call.
 """
 import contextlib
+import hashlib
+import json
 import tracemalloc
+import warnings
 from typing import Protocol, runtime_checkable
 
 
@@ -155,8 +158,30 @@ class Backend:
         return state if isinstance(state, dict) else None
 
     def set_rng_state(self, state):
-        """Put the generator back where ``rng_state()`` found it."""
-        self.rng.bit_generator.state = state
+        """Put the generator back where ``rng_state()`` found it. A state this backend cannot
+        continue (CuPy's XORWOW, from a checkpoint made on a GPU; another generator; a malformed
+        one) re-seeds deterministically from it instead, and warns (RuntimeWarning), as the cupy
+        backend does: dropout masks differ from the saving run, but the same state always gives
+        the same ones."""
+        bg = self.rng.bit_generator
+        kind = state.get("bit_generator") if isinstance(state, dict) else None
+        if kind == type(bg).__name__:
+            try:
+                bg.state = state
+                return
+            except (TypeError, ValueError, KeyError):  # malformed: re-seeded below
+                pass
+        self.reseed_from(state, kind)
+
+    def reseed_from(self, state, kind):
+        """Seed the generator from a digest of ``state`` (one it cannot continue), and warn."""
+        text = json.dumps(state, sort_keys=True, default=str)
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        warnings.warn(f"the saved random state ({kind or type(state).__name__}) cannot be continued by the "
+                      f"{self.name} backend's generator ({type(self.rng.bit_generator).__name__}): re-seeded "
+                      f"deterministically from it, so dropout masks differ from the run that saved it",
+                      RuntimeWarning, stacklevel=3)
+        self.seed(seed)
 
     def dropout_mask(self, shape, ratio, dtype):
         """Keep-mask scaled by 1/(1-ratio): multiply activations by it in forward and backward."""

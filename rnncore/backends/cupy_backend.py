@@ -15,12 +15,9 @@ instance, and every instance's ``.tf32`` reads the current setting.
 """
 import base64
 import contextlib
-import hashlib
 import importlib
 import itertools
-import json
 import os
-import warnings
 
 import numpy as np
 
@@ -114,12 +111,7 @@ class CupyBackend(Backend):
             if raw.size == bg._state.size:
                 bg._state[...] = self.xp.asarray(raw)
                 return
-        text = json.dumps(state, sort_keys=True, default=str)
-        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
-        warnings.warn(f"the saved random state ({kind or type(state).__name__}) cannot be continued by CuPy's "
-                      f"generator: re-seeded deterministically from it, so dropout masks differ from the run "
-                      f"that saved it", RuntimeWarning, stacklevel=2)
-        self.seed(seed)
+        self.reseed_from(state, kind)
 
     # arrays ----------------------------------------------------------------
     def to_numpy(self, a):
