@@ -1,6 +1,6 @@
 """pytest-benchmark suites: rnncore's backends side by side with PyTorch in the same run.
 
-Run:      pytest benchmarks --benchmark-json=bench.json
+Run:      pytest benchmarks -n 0 --benchmark-json=bench.json   (-n 0: one process; xdist would turn the timing off)
 Ratios:   python benchmarks/ratios.py bench.json      (each backend's median over the peer's)
 
 Every benchmark sits in a group named after its shape, so pytest-benchmark's table puts

@@ -4,7 +4,7 @@
 cd "$(dirname "$0")/.." || exit 1
 source benchmarks/gpu_common.sh
 DIR=$(results_dir gpu-bench)
-timeout 240 python3 -m pytest benchmarks -q -rs --benchmark-json="$DIR/bench.json" > "$DIR/bench.log" 2>&1
+timeout 240 python3 -m pytest benchmarks -n 0 -q -rs --benchmark-json="$DIR/bench.json" > "$DIR/bench.log" 2>&1
 check_pytest_log "$DIR/bench.log" $?
 python3 benchmarks/ratios.py "$DIR/bench.json" > "$DIR/ratios.txt" 2>&1 || fail "ratios.py"
 cat "$DIR/ratios.txt"

@@ -52,8 +52,9 @@ def median_ms_of(step, calls, warmups=3, after_warmup=lambda: None):
     return statistics.median(samples) * 1e3
 
 
-def layer_step(backend, cell, shape):
-    """TimeRNN, TimeLSTM or TimeGRU (D = H) forward+backward on random float32 input, rnncore."""
+def layer_step(backend, cell, shape, lengths=None):
+    """TimeRNN, TimeLSTM or TimeGRU (D = H) forward+backward on random float32 input, rnncore;
+    ``lengths``: each row's valid steps (host array), or None (the unmasked path)."""
     N, T, H = shape
     layer_class = CELL_LAYERS[cell]
     G = layer_class.cell.gates * H
@@ -63,8 +64,10 @@ def layer_step(backend, cell, shape):
     layer = layer_class(*params, backend=backend)
     xs, dhs = (backend.asarray(rng.standard_normal((N, T, H)).astype(np.float32)) for _ in range(2))
 
+    lengths = None if lengths is None else backend.asarray(np.asarray(lengths, dtype=np.int64))
+
     def step():
-        layer.forward(xs)
+        layer.forward(xs, lengths)
         layer.backward(dhs)
 
     return step

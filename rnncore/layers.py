@@ -371,7 +371,7 @@ class Recurrent(Layer):
         hs = None if seg == T else self.xp.empty((T, N, self.hidden_size), dtype=self.dtype)
         kept, states = [], starts
         for t0 in range(0, T, seg):
-            seg_lengths = _segment_lengths(lengths, t0, min(t0 + seg, T), self.xp)
+            seg_lengths = _segment_lengths(lengths, t0, min(t0 + seg, T), T, self.xp)
             out, gates, saved = self._run_segment(x_tm[t0 : t0 + seg], states, seg_lengths)
             if seg == T:
                 hs = out
@@ -411,14 +411,15 @@ class Recurrent(Layer):
         dx = None if seg == T else self.xp.empty((T, N, D), dtype=self.dtype)
         for k in reversed(range(len(kept))):
             t0, t1 = k * seg, min(k * seg + seg, T)
-            seg_lengths = _segment_lengths(lengths, t0, t1, self.xp)
+            seg_lengths = _segment_lengths(lengths, t0, t1, T, self.xp)
             states = starts if k == 0 else self._segment_start(kept[k], hs, t0)
             gates, saved = self._held_or_recomputed(kept[k], x_tm[t0:t1], hs[t0:t1], states, seg_lengths)
             dxw, dhw, grads = self.backend.recurrence_backward(self.cell, d_tm[t0:t1], hs[t0:t1], gates, saved,
                                                                states, self.params[1], grads,
                                                                None if scale is None else scale[t0:t1],
                                                                seg_lengths)
-            dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, dhw, accumulate=t1 < T)
+            dx_seg = self._segment_grads(x_tm[t0:t1], states[0], hs[t0:t1], dxw, dhw, accumulate=t1 < T,
+                                         lengths=seg_lengths)
             if dx is None:
                 dx = dx_seg
             else:
@@ -461,7 +462,14 @@ class Recurrent(Layer):
         one GEMM, then the recurrence."""
         Wx, Wh, b = self.params[:3]
         T, N, D = x_seg.shape
-        xw = self.backend.linear(x_seg.reshape(T * N, D), Wx, b).reshape(T, N, Wx.shape[1])
+        x_flat, rows = x_seg.reshape(T * N, D), live_rows(lengths, T, N, self.xp)
+        if rows is None:
+            xw = self.backend.linear(x_flat, Wx, b)
+        else:  # the padded steps' entries are never read: zeros, for a kernel that computes and drops them
+            xw = self.xp.zeros((T * N, Wx.shape[1]), dtype=self.dtype)
+            if rows.size:
+                xw[rows] = self.backend.linear(x_flat[rows], Wx, b)
+        xw = xw.reshape(T, N, Wx.shape[1])
         bh = self.params[3] if self.cell.recurrent_bias else None
         if lengths is None:  # the plain call: a backend needs no lengths support for it
             return self.backend.recurrence_forward(self.cell, xw, states, Wh, bh)
@@ -477,31 +485,44 @@ class Recurrent(Layer):
         some = (lengths > 0)[:, None]
         return [xp.where(some, seq[last, rows], start) for seq, start in zip(self.cell.sequences(hs, saved), starts)]
 
-    def _segment_grads(self, x_seg, h_start, hs_seg, dxw, dhw, accumulate):
+    def _segment_grads(self, x_seg, h_start, hs_seg, dxw, dhw, accumulate, lengths=None):
         """dWx = x^T dxw, and dWh with the recurrent bias in one GEMM: [h_{t-1}, 1]^T dhw, whose
         last row 1^T dhw is the bias gradient, so no second pass reads dhw for a column sum
         (6% less time for the two at H=100); and dxs = dxw Wx^T: three independent products,
         handed to the backend together. A cell with two biases (the GRU) adds bx's gradient,
-        1^T dxw. Added in if ``accumulate``, else written; returns the segment's dxs, time-major."""
+        1^T dxw. Added in if ``accumulate``, else written; returns the segment's dxs, time-major.
+        With ``lengths`` the products take only the steps within them (``live_rows``): the
+        padded ones' dxw and dhw are zero."""
         T, N, D = x_seg.shape
         Wx = self.params[0]
         G, H = Wx.shape[1], self.hidden_size
-        flat, flat_h = dxw.reshape(T * N, G), dhw.reshape(T * N, G)
-        h_ones = self.xp.empty((T, N, H + 1), dtype=self.dtype)  # [h_{t-1}, 1] for every t
+        xp = self.xp
+        x_flat, flat, flat_h = x_seg.reshape(T * N, D), dxw.reshape(T * N, G), dhw.reshape(T * N, G)
+        h_ones = xp.empty((T, N, H + 1), dtype=self.dtype)  # [h_{t-1}, 1] for every t
         h_ones[0, :, :H] = h_start
         h_ones[1:, :, :H] = hs_seg[:-1]
         h_ones[:, :, H] = 1
-        dWx, dWh_db = self.grads[0], self._dWh_db
+        h_ones = h_ones.reshape(T * N, H + 1)
+        rows = live_rows(lengths, T, N, xp)
+        if rows is not None:
+            x_flat, flat, flat_h, h_ones = x_flat[rows], flat[rows], flat_h[rows], h_ones[rows]
+        dWx, dWh_db, dbx = self.grads[0], self._dWh_db, self.grads[2] if self.cell.recurrent_bias else None
+        if not len(x_flat):  # no step within the lengths: nothing flows back
+            if not accumulate:
+                for g in (dWx, dWh_db, dbx) if dbx is not None else (dWx, dWh_db):
+                    g[...] = 0
+            return xp.zeros((T, N, D), dtype=self.dtype)
         if accumulate:
-            dWx, dWh_db = self.xp.empty_like(dWx), self.xp.empty_like(dWh_db)
-        dx = self.xp.empty((T * N, D), dtype=self.dtype)
-        self.backend.matmuls([(x_seg.reshape(T * N, D).T, flat, dWx), (h_ones.reshape(T * N, H + 1).T, flat_h, dWh_db),
-                              (flat, Wx.T, dx)])
+            dWx, dWh_db = xp.empty_like(dWx), xp.empty_like(dWh_db)
+        dx = xp.empty((len(x_flat), D), dtype=self.dtype)
+        self.backend.matmuls([(x_flat.T, flat, dWx), (h_ones.T, flat_h, dWh_db), (flat, Wx.T, dx)])
+        if rows is not None:
+            dx_live, dx = dx, xp.zeros((T * N, D), dtype=self.dtype)
+            dx[rows] = dx_live
         if accumulate:
             self.grads[0] += dWx
             self._dWh_db += dWh_db
-        if self.cell.recurrent_bias:
-            dbx = self.grads[2]
+        if dbx is not None:
             if accumulate:
                 dbx += flat.sum(axis=0)
             else:
@@ -509,9 +530,19 @@ class Recurrent(Layer):
         return dx.reshape(T, N, D)
 
 
+def live_rows(lengths, T, N, xp):
+    """Indices t * N + n of the steps of a (T, N, ...) segment within their rows' lengths, for
+    the input and weight products to take only those; None (take all) without lengths or where
+    fewer than a tenth of the steps are padding (the gathers would then cost more than they save)."""
+    if lengths is None or 10 * int(lengths.sum()) > 9 * T * N:
+        return None
+    return xp.flatnonzero((xp.arange(T)[:, None] < lengths[None, :]).reshape(-1))
+
+
 def checked_lengths(where, backend, lengths, N, T):
-    """``lengths`` checked as (N,) integers in [0, T], returned as a backend int64 array; None stays
-    None. Reading the range back syncs a GPU, as the id checks do."""
+    """``lengths`` checked as (N,) integers in [0, T], returned as a backend int64 array; None for
+    None, and where every row is T long (nothing to mask: the plain path). Reading the range back
+    syncs a GPU, as the id checks do."""
     if lengths is None:
         return None
     if not backend.owns(lengths):
@@ -525,12 +556,15 @@ def checked_lengths(where, backend, lengths, N, T):
     lo, hi = int(lengths.min()), int(lengths.max())
     if lo < 0 or hi > T:
         raise ValueError(f"{where}: lengths must lie in [0, T={T}], got {lo if lo < 0 else hi}")
-    return backend.xp.asarray(lengths, dtype=np.int64)
+    return None if lo == T else backend.xp.asarray(lengths, dtype=np.int64)
 
 
-def _segment_lengths(lengths, t0, t1, xp):
-    """Each row's valid steps within steps t0..t1, counted from t0."""
-    return None if lengths is None else xp.clip(lengths - t0, 0, t1 - t0)
+def _segment_lengths(lengths, t0, t1, T, xp):
+    """Each row's valid steps within steps t0..t1 of T, counted from t0 (lengths are at most T:
+    the whole sequence's are the lengths themselves)."""
+    if lengths is None or (t0 == 0 and t1 == T):
+        return lengths
+    return xp.clip(lengths - t0, 0, t1 - t0)
 
 
 class TimeRNN(Recurrent):

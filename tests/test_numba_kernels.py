@@ -173,12 +173,15 @@ def recurrence_against_numpy(monkeypatch, kind, threads, N, H, l2_bytes):
     be, numpy = rnncore.get_backend("numba"), rnncore.get_backend("numpy")
     monkeypatch.setattr(nb, "WEIGHTS_KEPT_IN_L2", l2_bytes(H, layer_class(kind).cell) if callable(l2_bytes)
                         else l2_bytes)
-    taken = []
+    taken, masked = [], []
     split = be._split
 
-    def recorded(*args):
-        rows, units = split(*args)
-        taken.append((rows.tolist(), units.tolist()))
+    def recorded(N, H, Wh, lengths=None):
+        rows, units = split(N, H, Wh, lengths)
+        if lengths is None or not lengths.size:
+            taken.append((rows.tolist(), units.tolist()))
+        else:
+            masked.append((rows.tolist(), units.tolist(), lengths.copy()))
         return rows, units
 
     monkeypatch.setattr(be, "_split", recorded)
@@ -206,6 +209,13 @@ def recurrence_against_numpy(monkeypatch, kind, threads, N, H, l2_bytes):
     for k, (e, g) in enumerate(zip(expected + expected_seam, got + got_seam, strict=True)):
         assert rel_err(e, g) <= 1e-12, f"output {k}: {rel_err(e, g):.2e}"
     assert taken and all(t == taken[0] for t in taken), taken  # forward and backward, layer and seam
+    rows, units = taken[0]
+    for masked_rows, masked_units, masked_lengths in masked:  # with lengths: the same units; rows
+        assert masked_units == units and len(masked_rows) == len(rows)  # shared by steps within the lengths
+        assert masked_rows[0] == 0 and masked_rows[-1] == N and masked_rows == sorted(masked_rows)
+        work = np.maximum(masked_lengths, 1)
+        parts = [work[a:b].sum() for a, b in zip(masked_rows, masked_rows[1:])]
+        assert max(parts) <= work.sum() / (len(rows) - 1) + work.max(), (masked_rows, masked_lengths)
     return taken[0]
 
 

@@ -211,11 +211,11 @@ def test_the_core_never_imports_the_application():
 def test_required_gpu_turns_the_skip_into_a_failure_naming_why():
     env = {**os.environ, "RNNCORE_REQUIRE_GPU": "1"}
     test = "tests/test_gpu.py"
-    out = subprocess.run([sys.executable, "-m", "pytest", test, "-x", "-q", "-p", "no:cacheprovider"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "pytest", test, "-x", "-q", "-n", "0", "-p", "no:cacheprovider"], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stdout[-2000:]
     assert "RNNCORE_REQUIRE_GPU=1 but the GPU cannot be used: CuPy is not installed" in out.stdout
-    plain = subprocess.run([sys.executable, "-m", "pytest", test, "-q", "-p", "no:cacheprovider", "-rs"], cwd=REPO,
+    plain = subprocess.run([sys.executable, "-m", "pytest", test, "-q", "-n", "0", "-p", "no:cacheprovider", "-rs"], cwd=REPO,
                            capture_output=True, text=True, timeout=600,
                            env={k: v for k, v in os.environ.items() if k != "RNNCORE_REQUIRE_GPU"})
     assert plain.returncode == 0 and "needs CuPy and a CUDA device: CuPy is not installed" in plain.stdout

@@ -36,10 +36,13 @@ def torch_packed(net, x, lengths, states):
 
 @pytest.mark.parametrize("kind", CELL_KINDS)
 @pytest.mark.parametrize("lengths, checkpoint", [([7, 3, 0, 1, 7], None), ([1, 5, 2, 6, 4], 2), ([4] * 5, None),
-                                                  ([0, 0, 0, 0, 0], 3)])
+                                                  ([0, 0, 0, 0, 0], 3), ([7, 6, 3, 1, 0], None),
+                                                  ([10] * 5, None), ([10] * 5, 4)])
 def test_variable_lengths_match_packed_torch(backend, kind, lengths, checkpoint):
     """Outputs (zeros past each row's end), each row's last state, and every gradient, with the
-    gradient of the last states arriving from beyond the chunk (dh_next, dc_next)."""
+    gradient of the last states arriving from beyond the chunk (dh_next, dc_next). T is one step
+    past the longest row: the input and weight products take only the live steps where over a
+    tenth are padding, and all steps otherwise ([10] * 5, and its full segments)."""
     lengths = np.array(lengths)
     N, T, D, H = len(lengths), max(int(lengths.max()), 1) + 1, 3, 4
     torch.manual_seed(int(lengths.sum()) + len(kind))

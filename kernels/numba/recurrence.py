@@ -78,12 +78,13 @@ def _forward(xw, states0, Wh, bh, hs, saved, lengths, rows, units):
     rec = np.empty((N, first[-1] * C), dtype=xw.dtype)  # each unit group's gate columns, packed
     for p in prange(panels.shape[0]):  # panel by panel: all threads pack, however they split the steps
         pack_panels(Wh, False, cols, panels, np.int64(p), np.int64(p) + 1)  # int64: see the module's docstring
+    live = np.empty(0, dtype=np.int64) if lengths is None else lengths  # empty: every row is live
     steps = region_steps(T, units)
     for t0 in range(0, T, steps):
         for c in prange((len(rows) - 1) * (len(units) - 1)):
             for t in range(t0, t0 + steps):
                 r0, r1, u0, u1, at = recurrent_product(np.int64(c), t, hs, states0[0], G // H, panels, rec, first,
-                                                       rows, units)
+                                                       rows, units, live)
                 if lengths is None:
                     forward_rows(t, r0, r1, u0, u1, rec, at, xw, states0, hs, saved, bh)  # noqa: F821 (see drivers)
                     continue
@@ -124,12 +125,13 @@ def _backward(dhs, batch_major, hs, saved, states0, Wh, dhw, dxw, dstates, scale
     one = like(dhw, 1)
     for p in prange(panels.shape[0]):
         pack_panels(Wh, True, cols, panels, np.int64(p), np.int64(p) + 1)
+    live = np.empty(0, dtype=np.int64) if lengths is None else lengths  # empty: every row is live
     steps = region_steps(T + 1, units)
     for t0 in range(T - 1, -2, -steps):  # down to step -1: the gradient at h0
         for c in prange((len(rows) - 1) * (len(units) - 1)):
             for t in range(t0, t0 - steps, -1):
                 r0, r1, u0, u1, at = gradient_reaching_h(dhw, t, panels, dh_step, dstates[0], first, rows, units,
-                                                         np.int64(c))
+                                                         np.int64(c), live)
                 if t < 0:
                     if lengths is not None:
                         past_length(dh_step, at, dstates[0], scale, lengths, t, r0, r1, u0, u1)
@@ -161,29 +163,43 @@ def region_steps(steps, units):
 
 
 @kernel(inline="always")
-def recurrent_product(c, t, hs, h0, gates, panels, rec, first, rows, units):
-    """Thread c's share of h_{t-1} Wh at forward step t, into rec. Returns its rows, its units
-    and the column of rec where they start."""
+def recurrent_product(c, t, hs, h0, gates, panels, rec, first, rows, units, live):
+    """Thread c's share of h_{t-1} Wh at forward step t, into rec (not for the rows ``live_end``
+    leaves out). Returns its rows, its units and the column of rec where they start."""
     r0, r1, g = share(c, rows, units)
     u0, u1 = units[g], units[g + 1]
     h_prev = hs[t - 1] if t > 0 else h0
-    product(h_prev, panels, rec, first[g], first[g + 1], r0, r1, gates * (u1 - u0), t % 2 == 1)
+    product(h_prev, panels, rec, first[g], first[g + 1], r0, live_end(live, t, r0, r1), gates * (u1 - u0),
+            t % 2 == 1)
     return r0, r1, u0, u1, first[g] * panels.shape[2]
 
 
 @kernel(inline="always")
-def gradient_reaching_h(dhw, t, panels, dh_step, dh, first, rows, units, c):
+def gradient_reaching_h(dhw, t, panels, dh_step, dh, first, rows, units, c, live):
     """Thread c's share of dh_step at backward step t: the incoming dh at t = T - 1, else
     dhw[t + 1] Wh^T on its packed columns (at t = -1: the part of the gradient at h0 that goes
-    through Wh). Returns its rows, its units and the column of dh_step where those units start."""
+    through Wh; not for the rows ``live_end`` leaves out at step t + 1, which ``past_length``
+    fills). Returns its rows, its units and the column of dh_step where those units start."""
     r0, r1, g = share(c, rows, units)
     u0, u1, at = units[g], units[g + 1], first[g] * panels.shape[2]
     if t == dhw.shape[0] - 1:
         for n in range(r0, r1):
             copy(dh_step[n, at : at + u1 - u0], dh[n, u0:u1])
     else:
-        product(dhw[t + 1], panels, dh_step, first[g], first[g + 1], r0, r1, u1 - u0, t % 2 == 1)
+        product(dhw[t + 1], panels, dh_step, first[g], first[g + 1], r0, live_end(live, t + 1, r0, r1), u1 - u0,
+                t % 2 == 1)
     return r0, r1, u0, u1, at
+
+
+@kernel(inline="always")
+def live_end(lengths, t, r0, r1):
+    """One past the last of rows r0..r1 whose step t is within its length (all, for empty
+    lengths). The products stop there: a batch sorted longest first, as ``rnncore.sequences``
+    makes them, does work in proportion to the sum of its lengths, not to N T."""
+    if lengths.size:
+        while r1 > r0 and lengths[r1 - 1] <= t:
+            r1 -= 1
+    return r1
 
 
 @kernel(inline="always")

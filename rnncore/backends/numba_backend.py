@@ -68,6 +68,15 @@ def _lengths(lengths):
     return lengths if lengths is None else _c(np.asarray(lengths, dtype=np.int64))
 
 
+def _rows_by_work(lengths, threads):
+    """Row bounds that give each thread about the same number of steps within the lengths (a row
+    of length 0 counts one: its zeros): split evenly, a batch sorted longest first left one
+    thread most of the work."""
+    work = np.cumsum(np.maximum(lengths, 1))
+    cuts = np.searchsorted(work, work[-1] * np.arange(1, threads) / threads) + 1
+    return np.concatenate(([0], np.minimum(cuts, len(lengths)), [len(lengths)])).astype(np.int64)
+
+
 def _ready(a):
     """Whether a goes to a kernel as it is: C order, writable, aligned (see ``_c``)."""
     return a.flags.c_contiguous and a.flags.writeable and a.flags.aligned
@@ -81,6 +90,7 @@ class NumbaBackend(NumpyBackend):
         self.blas_libraries = single_threaded_scipy_blas()
         self.blas = _blas.bind()  # the library the GEMM kernels call
         self._splits = {}
+        self._work_split = (None, None)  # (lengths, threads) and their row bounds: the last batch's
         self._cells = {}
 
     # dense algebra ---------------------------------------------------------------------
@@ -147,7 +157,7 @@ class NumbaBackend(NumpyBackend):
         return _c(a.T if ta else a), ta, _c(b.T if tb else b), tb, out
 
     # recurrences -----------------------------------------------------------------------
-    def _split(self, N, H, Wh):
+    def _split(self, N, H, Wh, lengths=None):
         """How the threads share a recurrence step: (row bounds, unit bounds), one of them a single range.
 
         By batch rows when Wh fits in a core's L2 cache (each core then keeps all of Wh hot and
@@ -161,7 +171,13 @@ class NumbaBackend(NumpyBackend):
         if key not in self._splits:
             self._splits[key] = ((_schedule.even_chunks(N, threads), _schedule.even_chunks(H, 1)) if by_rows
                                  else (_schedule.even_chunks(N, 1), _schedule.line_chunks(H, threads)))
-        return self._splits[key]
+        rows, units = self._splits[key]
+        if by_rows and lengths is not None and lengths.size:
+            key = (lengths.tobytes(), threads)  # forward's, then backward's for the same batch
+            if self._work_split[0] != key:
+                self._work_split = (key, _rows_by_work(lengths, threads))
+            rows = self._work_split[1]
+        return rows, units
 
     @staticmethod
     def _sequence(x):
@@ -187,9 +203,9 @@ class NumbaBackend(NumpyBackend):
         H = G // cell.gates
         hs = xw if cell.gates_are_h else np.empty((T, N, H), dtype=xw.dtype)
         saved = tuple(np.empty((T, N, H), dtype=xw.dtype) for _ in cell.saved)
-        bh = None if bh is None else _c(bh)
+        bh, lengths = None if bh is None else _c(bh), _lengths(lengths)
         self._cell_kernels(cell, xw.dtype).forward(xw, tuple(_c(s) for s in states0), _c(Wh), bh, hs, saved,
-                                                   _lengths(lengths), *self._split(N, H, Wh))
+                                                   lengths, *self._split(N, H, Wh, lengths))
         return hs, xw, saved
 
     def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
@@ -200,10 +216,10 @@ class NumbaBackend(NumpyBackend):
         dhw = dxw if cell.gates_are_h else gates
         if scale is not None or lengths is not None:  # both arrays, either may be empty: one more compiled kernel
             scale = _empty(dhw.dtype) if scale is None else _c(np.asarray(scale, dtype=dhw.dtype))
-            lengths = _empty(np.dtype(np.int64)) if lengths is None else lengths
+            lengths = _empty(np.dtype(np.int64)) if lengths is None else _lengths(lengths)
         self._cell_kernels(cell, dhw.dtype).backward(*self._sequence(dhs), _c(hs), tuple(_c(s) for s in saved),
                                                      tuple(_c(s) for s in states0), _c(Wh), dhw, dxw, dstates, scale,
-                                                     _lengths(lengths), *self._split(N, H, Wh))
+                                                     lengths, *self._split(N, H, Wh, lengths))
         return dxw, dhw, list(dstates)
 
     # the rest of a training step --------------------------------------------------------
