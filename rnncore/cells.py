@@ -61,10 +61,10 @@ CELLS = {cell.name: cell for cell in (RNN, LSTM, GRU)}
 # NumPy step math: the reference ------------------------------------------------------------
 def sigmoid(x):
     """Logistic function into a new contiguous array, one temporary in all; exp overflows to
-    inf for large -x, which correctly gives 0."""
+    inf for large -x, which correctly gives 0: callers run their loop of steps under
+    ``np.errstate(over="ignore")`` (entering it here, twice a step, was 15% of a small step)."""
     s = np.negative(x)
-    with np.errstate(over="ignore"):
-        np.exp(s, out=s)
+    np.exp(s, out=s)
     s += 1
     return np.reciprocal(s, out=s)
 

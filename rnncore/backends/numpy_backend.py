@@ -8,28 +8,35 @@ from .. import cells
 from .base import Backend
 
 
-def rows_times(x, WT):
-    """x @ W for the few rows of x (one batch), given WT = W.T C-contiguous; a transposed view.
+def rows_times(x, B, BT):
+    """x @ B for the few rows of x (one batch), given B (K, M) and BT = B.T, both C-contiguous.
 
-    Computed as (WT @ x.T).T so that W's many columns are the product's rows: NumPy's OpenBLAS
-    shares a product's rows among its threads, and the 20-row form x @ W ran 25-30% slower (2
-    threads, N = 20: 1.14 against 0.81-0.95 ms at H = 650, 4H gates; 38 against 23 us at H = 100)."""
-    return np.matmul(WT, x.T).T
+    Large products as (BT @ x.T).T, so that B's many columns are the product's rows: NumPy's
+    OpenBLAS shares a product's rows among its threads, and the 20-row form x @ B ran 25-30%
+    slower (2 threads, N = 20: 1.14 against 0.81-0.95 ms at H = 650, 4H gates). Below 2^19
+    multiply-adds (the quick benchmark's N = 8, H = 64: 3.9 against 8.6 us) x @ B is faster."""
+    if x.shape[0] * B.size < SMALL_PRODUCT:
+        return x @ B
+    return np.matmul(BT, x.T).T
+
+
+SMALL_PRODUCT = 1 << 19
 
 
 class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
+    @np.errstate(over="ignore")  # the sigmoids' exp(-x) of a large -x: inf, which gives 0 as it should
     def recurrence_forward(self, cell, xw, states0, Wh, bh=None, lengths=None):
         T, N, G = xw.shape
         H = G // cell.gates
         hs = xw if cell.gates_are_h else np.empty((T, N, H), dtype=xw.dtype)
         saved = tuple(np.empty((T, N, H), dtype=xw.dtype) for _ in cell.saved)
-        WhT = np.ascontiguousarray(Wh.T)
+        Wh, WhT = np.ascontiguousarray(Wh), np.ascontiguousarray(Wh.T)
         states = list(states0)
         for t in range(T):
-            rec = rows_times(states[0], WhT)
+            rec = rows_times(states[0], Wh, WhT)
             if bh is not None:
                 rec = rec + bh
             new = cells.forward_step(cell, xw[t], rec, states, t, hs, saved)
@@ -46,7 +53,7 @@ class NumpyBackend(Backend):
         dh, *others = (self.initial_grad(g, s) for g, s in zip(dstates_T, states0))
         # C order: empty_like would copy a view's layout
         dxw = np.empty(gates.shape, dtype=gates.dtype) if cell.gates_are_h or cell.recurrent_bias else gates
-        Wh = np.ascontiguousarray(Wh)
+        Wh, WhT = np.ascontiguousarray(Wh), np.ascontiguousarray(Wh.T)
         for t in reversed(range(dhs.shape[0])):
             live = None if lengths is None else (t < lengths)[:, None]
             d_total = dh + (dhs[t] if live is None else np.where(live, dhs[t], 0))
@@ -55,7 +62,7 @@ class NumpyBackend(Backend):
             if live is not None:  # nothing flows through a row's steps past its length
                 dxw[t][~live[:, 0]] = 0
                 dhw_t[~live[:, 0]] = 0
-            dh_new = rows_times(dhw_t, Wh)  # dhw_t @ Wh.T
+            dh_new = rows_times(dhw_t, WhT, Wh)  # dhw_t @ Wh.T
             if bypass is not None:
                 dh_new = dh_new + bypass
             if scale is not None:
