@@ -28,15 +28,16 @@ def softmax_cross_entropy(scores, labels, dscores):
         if labels[m] != -1:
             count += 1
     scale = 1.0 / max(count, 1)
-    losses = np.zeros(M)
-    for m in prange(M):
+    total = 0.0  # a reduction of the one parallel loop: np.zeros, out[:] = 0 and a .sum() were
+    for m in prange(M):  # parallel loops of their own, 1.6 of the 2.7 s this kernel took to compile
         out = dscores[m]
         label = labels[m]
         if label == -1:
-            out[:] = 0
+            for v in range(V):
+                out[v] = 0
         else:
-            losses[m] = _softmax_row(scores[m], label, out, scale)
-    return losses.sum() * scale
+            total += _softmax_row(scores[m], label, out, scale)
+    return total * scale
 
 
 @callee
@@ -81,7 +82,8 @@ def sum_rows(a, out, threads):
     for c in prange(len(bounds) - 1):
         k0, k1 = bounds[c], bounds[c + 1]
         acc = out[k0:k1]
-        acc[:] = a[0, k0:k1]
+        for k in range(k1 - k0):  # a loop: an array expression here is a parallel loop of its own
+            acc[k] = a[0, k0 + k]
         for m in range(1, M):
             add_into(acc, a[m, k0:k1])
 

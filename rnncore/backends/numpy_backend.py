@@ -8,16 +8,19 @@ from .. import cells
 from .base import Backend
 
 
-def rows_times(x, B, BT):
-    """x @ B for the few rows of x (one batch), given B (K, M) and BT = B.T, both C-contiguous.
+def rows_times(N, B):
+    """A function x -> x @ B for the N rows of a batch, B (K, M) in any layout.
 
-    Large products as (BT @ x.T).T, so that B's many columns are the product's rows: NumPy's
-    OpenBLAS shares a product's rows among its threads, and the 20-row form x @ B ran 25-30%
-    slower (2 threads, N = 20: 1.14 against 0.81-0.95 ms at H = 650, 4H gates). Below 2^19
-    multiply-adds (the quick benchmark's N = 8, H = 64: 3.9 against 8.6 us) x @ B is faster."""
-    if x.shape[0] * B.size < SMALL_PRODUCT:
-        return x @ B
-    return np.matmul(BT, x.T).T
+    Large products as (BT @ x.T).T, BT = B.T C-contiguous (copied once, where B is not B.T's
+    transpose already), so that B's many columns are the product's rows: NumPy's OpenBLAS
+    shares a product's rows among its threads, and the 20-row form x @ B ran 25-30% slower (2
+    threads, N = 20: 1.14 against 0.81-0.95 ms at H = 650, 4H gates). Below 2^19 multiply-adds
+    x @ B is faster (the quick benchmark's N = 8, H = 64: 3.4 against 8.6 us a step), and the
+    transposing copy would cost more than a short sequence's steps (16 us at H = 64)."""
+    if N * B.size < SMALL_PRODUCT:
+        return lambda x: x @ B
+    BT = np.ascontiguousarray(B.T)
+    return lambda x: np.matmul(BT, x.T).T
 
 
 SMALL_PRODUCT = 1 << 19
@@ -33,10 +36,10 @@ class NumpyBackend(Backend):
         H = G // cell.gates
         hs = xw if cell.gates_are_h else np.empty((T, N, H), dtype=xw.dtype)
         saved = tuple(np.empty((T, N, H), dtype=xw.dtype) for _ in cell.saved)
-        Wh, WhT = np.ascontiguousarray(Wh), np.ascontiguousarray(Wh.T)
+        times_Wh = rows_times(N, Wh)
         states = list(states0)
         for t in range(T):
-            rec = rows_times(states[0], Wh, WhT)
+            rec = times_Wh(states[0])
             if bh is not None:
                 rec = rec + bh
             new = cells.forward_step(cell, xw[t], rec, states, t, hs, saved)
@@ -53,7 +56,7 @@ class NumpyBackend(Backend):
         dh, *others = (self.initial_grad(g, s) for g, s in zip(dstates_T, states0))
         # C order: empty_like would copy a view's layout
         dxw = np.empty(gates.shape, dtype=gates.dtype) if cell.gates_are_h or cell.recurrent_bias else gates
-        Wh, WhT = np.ascontiguousarray(Wh), np.ascontiguousarray(Wh.T)
+        times_WhT = rows_times(dhs.shape[1], Wh.T)
         for t in reversed(range(dhs.shape[0])):
             live = None if lengths is None else (t < lengths)[:, None]
             d_total = dh + (dhs[t] if live is None else np.where(live, dhs[t], 0))
@@ -62,7 +65,7 @@ class NumpyBackend(Backend):
             if live is not None:  # nothing flows through a row's steps past its length
                 dxw[t][~live[:, 0]] = 0
                 dhw_t[~live[:, 0]] = 0
-            dh_new = rows_times(dhw_t, WhT, Wh)  # dhw_t @ Wh.T
+            dh_new = times_WhT(dhw_t)
             if bypass is not None:
                 dh_new = dh_new + bypass
             if scale is not None:
