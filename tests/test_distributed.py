@@ -81,6 +81,19 @@ def test_only_open_mpi_ranks_stop_on_sigcont_and_only_a_launcher_is_written_to()
     assert not distributed.tell_launcher("not for pytest's parent")  # not an mpiexec: left alone
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sets a process name with Linux's prctl")
+def test_a_parent_with_any_name_is_left_alone(tmp_path):
+    """A parent whose name is not text (prctl allows any bytes) is not a launcher, and no error."""
+    parent = textwrap.dedent("""
+        import ctypes, subprocess, sys
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b"mpi\\xff\\xfeexec"), 0, 0, 0)  # PR_SET_NAME
+        child = "from rnncore.app import distributed; print(distributed.tell_launcher('hello'))"
+        sys.exit(subprocess.run([sys.executable, "-c", child]).returncode)
+    """)
+    out = subprocess.run([sys.executable, "-c", parent], env=_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
 def test_the_launchers_are_recognized():
     assert not distributed.launched_by_mpiexec({})
     for name in ("OMPI_COMM_WORLD_SIZE", "PMI_RANK", "PMIX_RANK"):

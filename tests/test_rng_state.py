@@ -144,11 +144,22 @@ def test_a_cpu_rng_state_resumed_on_emulated_cupy_reseeds_deterministically_and_
     assert not np.array_equal(expected[2], more[2])
 
 
+def _nested(depth):
+    state = node = {"bit_generator": "x"}
+    for _ in range(depth):
+        node["n"] = node = {}
+    return state
+
+
 @pytest.mark.parametrize("name", CPU)
 @pytest.mark.parametrize("state", [{"bit_generator": "PCG64", "state": {"state": 1}},  # no inc, no has_uint32
                                    {"bit_generator": "PCG64", "state": "garbage", "has_uint32": 0, "uinteger": 0},
                                    {"bit_generator": "MT19937", "state": {"key": [1, 2], "pos": 0}},
-                                   ["not", "a", "dict"]])
+                                   ["not", "a", "dict"],
+                                   {"bit_generator": "PCG64", "state": {"state": 2**200, "inc": 1}, "has_uint32": 0,
+                                    "uinteger": 0},  # OverflowError in NumPy
+                                   {"bit_generator": "x", 1: 2},  # keys JSON cannot sort
+                                   _nested(10_000)])  # deeper than JSON can write
 def test_a_malformed_or_foreign_numpy_state_reseeds_instead_of_raising(name, state):
     be = fresh(name)
     runs = []
@@ -156,4 +167,19 @@ def test_a_malformed_or_foreign_numpy_state_reseeds_instead_of_raising(name, sta
         with pytest.warns(RuntimeWarning, match=RESEEDED):
             be.set_rng_state(state)
         runs.append(draws(be))
+    assert_same(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("state", [{"state": "not base64!"}, {"state": "AAE="}, {}, {"state": 7}],
+                         ids=["not-base64", "wrong-size", "no-state", "state-not-text"])
+def test_a_malformed_cupy_state_reseeds_on_cupy(state):
+    gpu = fresh("cupy-emu")
+    form = {**saved(gpu), **state}
+    if not state:
+        del form["state"]
+    runs = []
+    for _ in range(2):
+        with pytest.warns(RuntimeWarning, match=RESEEDED):
+            gpu.set_rng_state(form)
+        runs.append(draws(gpu))
     assert_same(runs[0], runs[1])

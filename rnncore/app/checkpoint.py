@@ -431,9 +431,17 @@ def _is_cupy_rng_state(state):
 
 
 def _is_rng_state(state):
-    """Whether NumPy takes ``state`` as a generator state (what resume will do with it)."""
-    try:
-        np.random.default_rng().bit_generator.state = state
-        return True
-    except (TypeError, ValueError, KeyError):
+    """Whether NumPy takes ``state`` as the state of the generator it names (PCG64, MT19937, ...:
+    a backend whose generator differs re-seeds from it, ``Backend.set_rng_state``)."""
+    kind = state.get("bit_generator") if isinstance(state, dict) else None
+    generator = getattr(np.random, kind, None) if kind in NUMPY_GENERATORS else None
+    if generator is None:
         return False
+    try:
+        generator().state = state
+        return True
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+
+
+NUMPY_GENERATORS = ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")

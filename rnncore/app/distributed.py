@@ -54,8 +54,8 @@ def tell_launcher(line, pid=None):
     parent is mpiexec itself (rank 0 on mpiexec's node, Linux); returns whether it was written."""
     pid = os.getppid() if pid is None else pid
     try:
-        with open(f"/proc/{pid}/comm") as f:
-            if f.read().strip() not in LAUNCHERS:
+        with open(f"/proc/{pid}/comm", "rb") as f:  # bytes: a process may name itself anything
+            if f.read().strip().decode("ascii", "replace") not in LAUNCHERS:
                 return False
         fd = os.open(f"/proc/{pid}/fd/2", os.O_WRONLY | os.O_APPEND | os.O_NOCTTY | os.O_NONBLOCK)
     except OSError:

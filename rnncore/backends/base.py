@@ -55,6 +55,7 @@ algebra (``matmul``, ``matmuls``, ``linear``, ``sum_rows``) layers and optimizer
 import contextlib
 import hashlib
 import json
+import reprlib
 import tracemalloc
 import warnings
 from typing import Protocol, runtime_checkable
@@ -169,13 +170,16 @@ class Backend:
             try:
                 bg.state = state
                 return
-            except (TypeError, ValueError, KeyError):  # malformed: re-seeded below
+            except (TypeError, ValueError, KeyError, OverflowError):  # malformed: re-seeded below
                 pass
         self.reseed_from(state, kind)
 
     def reseed_from(self, state, kind):
         """Seed the generator from a digest of ``state`` (one it cannot continue), and warn."""
-        text = json.dumps(state, sort_keys=True, default=str)
+        try:
+            text = json.dumps(state, sort_keys=True, default=str)
+        except (TypeError, ValueError, RecursionError):  # keys of mixed types, a cycle, deep nesting
+            text = reprlib.repr(state)
         seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
         warnings.warn(f"the saved random state ({kind or type(state).__name__}) cannot be continued by the "
                       f"{self.name} backend's generator ({type(self.rng.bit_generator).__name__}): re-seeded "

@@ -107,8 +107,11 @@ class CupyBackend(Backend):
         bg = self.rng.bit_generator
         kind = state.get("bit_generator") if isinstance(state, dict) else None
         if kind == f"cupy.{type(bg).__name__}" and state.get("size") == int(bg._size):
-            raw = np.frombuffer(base64.b64decode(state["state"]), dtype=np.int8)
-            if raw.size == bg._state.size:
+            try:
+                raw = np.frombuffer(base64.b64decode(state["state"], validate=True), dtype=np.int8)
+            except (KeyError, TypeError, ValueError):  # malformed (binascii.Error is a ValueError)
+                raw = None
+            if raw is not None and raw.size == bg._state.size:
                 bg._state[...] = self.xp.asarray(raw)
                 return
         self.reseed_from(state, kind)
