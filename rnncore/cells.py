@@ -118,16 +118,17 @@ def backward_step(cell, a, dxw_t, d_total, dprev, prev, t, hs, saved):
         return dxw_t, [None]
     if cell is LSTM:
         i, f, g, o = blocks(a, 4)  # views, each written with its gradient after every read
+        si, sf, _, so = blocks(a * (1 - a), 4)  # the sigmoids' derivatives, all blocks in two calls
         tanh_c = np.tanh(saved[0][t])
         dc = d_total * o
         dc *= 1 - tanh_c * tanh_c
         dc += dprev[0]
         do = d_total * tanh_c
-        do *= o * (1 - o)
+        do *= so
         df = dc * prev[1]
-        df *= f * (1 - f)
+        df *= sf
         di = dc * g
-        di *= i * (1 - i)
+        di *= si
         dg = dc * i
         dg *= 1 - g * g
         dc_prev = dc * f
