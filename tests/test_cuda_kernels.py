@@ -228,7 +228,7 @@ def test_a_training_iteration_never_waits_on_the_device(recurrence):
     xs, ts = (be.asarray(rng.integers(0, 13, size=(3, 4))) for _ in range(2))
     with trusted_ids():
         for _ in range(2):
-            loss, _ = trainer._gradients(xs, ts, rnncore.app.train._StopFlag())
+            loss, _, _ = trainer._gradients(xs, ts, rnncore.app.train._StopFlag())
             clip_grads(model.grads, 0.25, be)
             SGD(0.1).update(model.params, model.grads, be)
     assert isinstance(loss, fake_cupy.DeviceArray)

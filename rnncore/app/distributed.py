@@ -38,10 +38,10 @@ LAUNCHER_KILL_WINDOW_S = 0.5
 
 
 def launcher_stop_signals(environ=os.environ):
-    """The signals that tell a rank its launcher is ending the job: SIGCONT under Open MPI, the
-    first of prterun's SIGCONT, SIGTERM, SIGKILL. The ranks stop at the next iteration and rank 0
-    saves, which must fit in LAUNCHER_KILL_WINDOW_S. Job control sends SIGCONT too: a run that
-    was stopped with Ctrl-Z and resumed with ``fg`` also saves and stops."""
+    """The signals that warn a rank its launcher may be ending the job: SIGCONT under Open MPI,
+    the first of prterun's SIGCONT, SIGTERM, SIGKILL. The ranks save at the next iteration and go
+    on; the SIGTERM then stops them (``train._stop_on_signals``). Job control sends SIGCONT too
+    (``fg`` after Ctrl-Z, a scheduler resuming a suspended job): one save more, nothing else."""
     return (signal.SIGCONT,) if "OMPI_COMM_WORLD_SIZE" in environ else ()
 
 
@@ -82,8 +82,8 @@ class Single:
     def rows(self, total):
         return 0, total
 
-    def reduce_iteration(self, grads, loss, signal, backend):
-        return loss, signal
+    def reduce_iteration(self, grads, loss, signal, backend, save=False):
+        return loss, signal, save
 
     def sum(self, value):
         return value
@@ -129,18 +129,19 @@ class MPICommunicator:
                              f"give --batch-size of at least {self.size}")
         return rows_of(self.rank, self.size, total)
 
-    def reduce_iteration(self, grads, loss, signal, backend):
-        """Sum the gradients (each already weighted by this rank's share), the weighted ``loss``
-        and the stop flags of all ranks with one in-place allreduce. Returns the global loss
-        (a 0-d array, not read back) and the signal all ranks stop on (0: none); ``grads`` then
-        hold the sum."""
+    def reduce_iteration(self, grads, loss, signal, backend, save=False):
+        """Sum the gradients (each already weighted by this rank's share), the weighted ``loss``,
+        the stop flags and the save requests of all ranks with one in-place allreduce. Returns
+        the global loss (a 0-d array, not read back), the signal all ranks stop on (0: none) and
+        whether any rank asked for a save; ``grads`` then hold the sum."""
         xp = backend.xp
         n = sum(g.size for g in grads)
-        if self._buf is None or self._buf.size != n + 2 or self._buf.dtype != grads[0].dtype:
-            self._buf = xp.empty(n + 2, dtype=grads[0].dtype)
+        if self._buf is None or self._buf.size != n + 3 or self._buf.dtype != grads[0].dtype:
+            self._buf = xp.empty(n + 3, dtype=grads[0].dtype)
         buf = self._buf
-        xp.concatenate([g.ravel() for g in grads] + [xp.reshape(loss, (1,)).astype(buf.dtype)], out=buf[:-1])
-        buf[-1] = SIGNAL_FLAGS.get(signal, 1.0 if signal else 0.0)
+        xp.concatenate([g.ravel() for g in grads] + [xp.reshape(loss, (1,)).astype(buf.dtype)], out=buf[:-2])
+        buf[-2] = SIGNAL_FLAGS.get(signal, 1.0 if signal else 0.0)
+        buf[-1] = 1.0 if save else 0.0
         if xp is np:
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         else:
@@ -150,7 +151,8 @@ class MPICommunicator:
             g[...] = buf[offset:offset + g.size].reshape(g.shape)
             offset += g.size
         # on a GPU this is the iteration's one read back: every rank must agree now whether to stop
-        return buf[-2].copy(), agreed_signal(float(buf[-1]))
+        flags = buf[-2:].tolist()
+        return buf[-3].copy(), agreed_signal(flags[0]), flags[1] > 0
 
     def _nccl_allreduce(self, buf):
         """NCCL on the device buffer (the device bind_gpu picked); the communicator is made on

@@ -152,7 +152,7 @@ class Trainer:
         for xs, ts in batches:
             if not self.batches.stateful:
                 model.reset_state()
-            loss, agreed = self._gradients(xs, ts, stop)
+            loss, agreed, save_asked = self._gradients(xs, ts, stop)
             if self.max_grad:  # after the reduction: the global norm
                 clip_grads(model.grads, self.max_grad, be)
             self.optimizer.update(model.params, model.grads, be)
@@ -161,7 +161,7 @@ class Trainer:
             tokens += xs.size
             self.progress.first_step_done()
             last = self.iteration == len(self.batches)
-            save_now = bool(self.save_every) and self.iteration % self.save_every == 0 and not last
+            save_now = save_asked or (bool(self.save_every) and self.iteration % self.save_every == 0 and not last)
             stopping = agreed if self.comm.size > 1 else stop.requested  # ranks: what all saw at the reduction
             if len(pending) == self.eval_interval or last or save_now or stopping:
                 self._check_losses(pending)
@@ -175,16 +175,17 @@ class Trainer:
                     raise TrainingInterrupted(self._interrupted_message(), stopping)
                 if save_now:
                     self._save_last()
+                    stop.save = stop.save and not save_asked  # done: a SIGCONT since asks again
 
     def _gradients(self, xs, ts, stop):
         """Loss and gradients of the batch; data parallel, of this rank's rows, weighted by their
-        share and summed over the ranks. Returns the loss and the signal to stop on (0: none),
-        which under MPI all ranks agree on."""
+        share and summed over the ranks. Returns the loss, the signal to stop on (0: none) and
+        whether to save now, which under MPI all ranks agree on."""
         be, model, comm = self.model.backend, self.model, self.comm
         if comm.size == 1:
             loss = model.forward(be.asarray(xs), be.asarray(ts))
             model.backward()
-            return loss, stop.requested
+            return loss, stop.requested, stop.save
         r0, r1 = distributed.rows_of(comm.rank, comm.size, len(xs))
         if r1 > r0:
             model.share_rows(r0, r1, len(xs))
@@ -195,7 +196,7 @@ class Trainer:
             loss = be.xp.zeros((), dtype=model.dtype)
             for g in model.grads:
                 g[...] = 0
-        return comm.reduce_iteration(model.grads, loss, stop.requested, be)
+        return comm.reduce_iteration(model.grads, loss, stop.requested, be, stop.save)
 
     def _check_corpus(self):
         """Ids checked once on the host, so device layers need not read them back each step."""
@@ -362,8 +363,9 @@ def _format_record(r):
 
 class _StopFlag:
     requested = 0  # the signal that asked to stop
-    launcher_at = None  # time.monotonic() of mpiexec's first warning that it is ending the job
-    terminated = False  # ... and its SIGTERM after it: then it forwards no more output
+    save = False  # a save asked for (mpiexec's warning), not done yet
+    launcher_at = None  # time.monotonic() of mpiexec's last warning that it may be ending the job
+    terminated = False  # ... and its SIGTERM right after it: then it forwards no more output
 
 
 @contextmanager
@@ -373,19 +375,21 @@ def _stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM), launcher_signals=N
 
     Under Open MPI, Ctrl-C or SIGTERM to mpiexec itself reaches the ranks as SIGCONT, SIGTERM 0.25 s
     later and SIGKILL 0.25 s after that (distributed.launcher_stop_signals): on the SIGCONT they
-    stop as on a SIGTERM, which must fit in that half second. mpiexec forwards no output once it
-    sent the SIGTERM, so rank 0 then writes its one line to mpiexec's stderr itself."""
+    save at the next iteration and go on (job control sends SIGCONT too), on the SIGTERM they
+    stop at the next and save again; the saves are atomic, so SIGKILL during the second leaves
+    the first. mpiexec forwards no output once it sent the SIGTERM, so rank 0 then writes its one
+    line to mpiexec's stderr itself."""
     flag = _StopFlag()
     if launcher_signals is None:
         launcher_signals = distributed.launcher_stop_signals()
 
     def stop(signum, _):
         flag.requested = signum
-        flag.terminated = flag.launcher_at is not None
+        flag.terminated = flag.launcher_at is not None and time.monotonic() - flag.launcher_at < LAUNCHER_WARNING_S
 
     def launcher_ending(signum, _):
         flag.launcher_at = time.monotonic()
-        flag.requested = flag.requested or signal.SIGTERM
+        flag.save = True
 
     previous = {}
     try:
@@ -398,20 +402,21 @@ def _stop_on_signals(signals=(signal.SIGINT, signal.SIGTERM), launcher_signals=N
     try:
         yield flag
     except TrainingInterrupted as exc:
-        if flag.launcher_at is not None and distributed.current().rank == 0:
+        if distributed.current().rank == 0:
             _tell_launcher(flag, f"rnncore train: stopped: {exc}")
         raise
     finally:
         for sig, handler in previous.items():
-            if flag.launcher_at is None or sig not in signals:  # else SIGKILL is coming: keep them
+            if not flag.terminated or sig not in signals:  # else SIGKILL is coming: keep them
                 signal.signal(sig, handler)
 
 
-def _tell_launcher(flag, line, wait_s=0.4):
-    """mpiexec's SIGTERM follows its SIGCONT: wait for it (a SIGCONT alone is job control, ``fg``
-    after Ctrl-Z, and the line goes out as usual), then write ``line`` past mpiexec."""
-    while not flag.terminated and time.monotonic() < flag.launcher_at + wait_s:
-        time.sleep(0.005)
+LAUNCHER_WARNING_S = 0.4  # a SIGTERM this soon after a SIGCONT is mpiexec's (it waits 0.25 s)
+
+
+def _tell_launcher(flag, line):
+    """Write ``line`` past mpiexec if it is ending the job (its SIGTERM came right after its
+    SIGCONT); else the line goes out as usual."""
     if flag.terminated:
         distributed.tell_launcher(line)
 
