@@ -29,6 +29,9 @@ HAS_NUMBA = importlib.util.find_spec("numba") is not None
 HAS_GPU, NO_GPU_REASON = rnncore.backends.cuda_status()
 # RNNCORE_REQUIRE_GPU=1 (the GPU scripts set it): a GPU test that cannot run fails, naming why
 REQUIRE_GPU = os.environ.get("RNNCORE_REQUIRE_GPU") == "1"
+# No background compiling processes racing the tests over Numba's cache (and the cores);
+# test_numba_kernels.py turns it on where it tests it.
+os.environ.setdefault("RNNCORE_COMPILE_AHEAD", "0")
 _made = {}
 
 

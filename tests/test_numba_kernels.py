@@ -4,6 +4,7 @@ only what runs, caching across processes, imports without side effects."""
 import os
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -373,3 +374,38 @@ def test_numba_kernels_import_without_side_effects_and_cache_across_processes():
     assert started[1:3] == ["True", "True"] and started[3] == started[4], out  # MKL loaded iff it is the BLAS
     assert out[2] == "cached True", out
     assert out[3] == "dtypes ['float32']", out
+
+
+def test_compiling_ahead_fills_the_cache_the_backward_then_loads(tmp_path):
+    """``compile_ahead`` compiles the backward driver, the gradient GEMMs, the column sum and the
+    update in a process of its own: a training's backward then loads each from the cache (a
+    cache hit, no compile), and a second call with the cache warm starts nothing."""
+    code = textwrap.dedent("""
+        import numpy as np, rnncore
+        from rnncore import _kernels
+        from rnncore.backends.numba_backend import _backward_cached
+        from rnncore.cells import RNN
+        from rnncore.optim import SGD
+        be = rnncore.get_backend("numba")
+        be.compile_ahead(RNN, np.float32)
+        assert be._ahead[("rnn", "float32")].wait() == 0
+        assert _backward_cached(RNN, np.dtype(np.float32))
+        rng = np.random.default_rng(0)
+        layer = rnncore.TimeRNN(*[rng.standard_normal(s).astype(np.float32) for s in ((3, 5), (5, 5), (5,))],
+                                backend=be)
+        layer.forward(rng.standard_normal((4, 6, 3)).astype(np.float32))
+        layer.backward(np.ones((4, 6, 5), np.float32))
+        SGD(0.1).update(layer.params, layer.grads, be)
+        training = _kernels.numba_module("training_numba")
+        for kernel in (_kernels.numba_module("rnn_numba").backward, _kernels.numba_module("numba.gemm").gemm_three,
+                       training.axpy):
+            assert kernel.stats.cache_hits and not kernel.stats.cache_misses, (kernel, kernel.stats)
+        fresh = type(be)()
+        fresh.compile_ahead(RNN, np.float32)
+        assert not fresh._ahead
+        print("ok")
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "RNNCORE_COMPILE_AHEAD": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                         check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -129,6 +129,9 @@ class Trainer:
     def fit(self, epochs):
         """Train until ``epochs`` epochs are done; returns the per-epoch history."""
         self._check_corpus()
+        if self.comm.rank == 0:  # the cache is shared: one rank compiles ahead for all
+            for cell in {layer.cell for layer in getattr(self.model, "rnn_layers", ())}:
+                self.model.backend.compile_ahead(cell, self.model.dtype)
         per_epoch = len(self.batches)
         self.progress.start(epochs * per_epoch, min(self.epoch, epochs) * per_epoch + self.iteration,
                             f"epoch {min(self.epoch + 1, epochs)}/{epochs}")
