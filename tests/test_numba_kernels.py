@@ -377,9 +377,10 @@ def test_numba_kernels_import_without_side_effects_and_cache_across_processes():
 
 
 def test_compiling_ahead_fills_the_cache_the_backward_then_loads(tmp_path):
-    """``compile_ahead`` compiles the backward driver, the gradient GEMMs, the column sum and the
-    update in a process of its own: a training's backward then loads each from the cache (a
-    cache hit, no compile), and a second call with the cache warm starts nothing."""
+    """``compile_ahead`` compiles the backward driver, the gradient GEMMs, the loss, the
+    embedding's gradient, the column sum and the update in a process of its own: a training
+    then loads each from the cache (a cache hit, no compile), and with the cache warm a second
+    call starts nothing."""
     code = textwrap.dedent("""
         import numpy as np, rnncore
         from rnncore import _kernels
@@ -387,7 +388,7 @@ def test_compiling_ahead_fills_the_cache_the_backward_then_loads(tmp_path):
         from rnncore.cells import RNN
         from rnncore.optim import SGD
         be = rnncore.get_backend("numba")
-        be.compile_ahead(RNN, np.float32)
+        be.compile_ahead(RNN, np.float32, np.int32)
         assert be._ahead[("rnn", "float32")].wait() == 0
         assert _backward_cached(RNN, np.dtype(np.float32))
         rng = np.random.default_rng(0)
@@ -396,9 +397,12 @@ def test_compiling_ahead_fills_the_cache_the_backward_then_loads(tmp_path):
         layer.forward(rng.standard_normal((4, 6, 3)).astype(np.float32))
         layer.backward(np.ones((4, 6, 5), np.float32))
         SGD(0.1).update(layer.params, layer.grads, be)
+        ids = rng.integers(0, 5, 24).astype(np.int32)  # a corpus's ids
+        be.softmax_cross_entropy(rng.standard_normal((24, 5)).astype(np.float32), ids)
+        be.embedding_scatter_add(np.zeros((5, 3), np.float32), ids, rng.standard_normal((24, 3)).astype(np.float32))
         training = _kernels.numba_module("training_numba")
         for kernel in (_kernels.numba_module("rnn_numba").backward, _kernels.numba_module("numba.gemm").gemm_three,
-                       training.axpy):
+                       training.axpy, training.softmax_cross_entropy, training.embedding_scatter_add):
             assert kernel.stats.cache_hits and not kernel.stats.cache_misses, (kernel, kernel.stats)
         fresh = type(be)()
         fresh.compile_ahead(RNN, np.float32)

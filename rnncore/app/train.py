@@ -130,8 +130,9 @@ class Trainer:
         """Train until ``epochs`` epochs are done; returns the per-epoch history."""
         self._check_corpus()
         if self.comm.rank == 0:  # the cache is shared: one rank compiles ahead for all
+            ids = getattr(self.batches, "ids", None)
             for cell in {layer.cell for layer in getattr(self.model, "rnn_layers", ())}:
-                self.model.backend.compile_ahead(cell, self.model.dtype)
+                self.model.backend.compile_ahead(cell, self.model.dtype, getattr(ids, "dtype", None))
         per_epoch = len(self.batches)
         self.progress.start(epochs * per_epoch, min(self.epoch, epochs) * per_epoch + self.iteration,
                             f"epoch {min(self.epoch + 1, epochs)}/{epochs}")

@@ -108,9 +108,10 @@ class Backend:
     def synchronize(self):
         """Wait for queued device work; a no-op on the CPU."""
 
-    def compile_ahead(self, cell, dtype):
-        """Start compiling, beside this process, what a training of ``cell`` in ``dtype`` will
-        need; a backend that compiles nothing ahead does nothing (the numba backend does)."""
+    def compile_ahead(self, cell, dtype, ids_dtype=None):
+        """Start compiling, beside this process, what a training of ``cell`` in ``dtype`` (token
+        ids of ``ids_dtype``) will need; a backend that compiles nothing ahead does nothing (the
+        numba backend does)."""
 
     def initial_grad(self, grad_T, like):
         """The gradient entering the last state: zeros for None, else a contiguous copy (kernels

@@ -86,10 +86,11 @@ def _backward_cached(cell, dtype):
     return any(dtype.name in str(key) for key in driver._cache._cache_file._load_index())
 
 
-def compile_here(cell_name, dtype_name):
-    """Compile (into the cache) the kernels a layer's backward and an SGD step call, with the
-    argument types they get there: ``NumbaBackend.compile_ahead`` runs this in a process of its
-    own. The forward pass of the arrays comes from the NumPy backend: no forward driver here."""
+def compile_here(cell_name, dtype_name, ids_dtype_name=None):
+    """Compile (into the cache) the kernels a layer's backward, the loss, the embedding's
+    gradient (for ids of ``ids_dtype_name``) and an SGD step call, with the argument types they
+    get there, in the order a training needs them: ``NumbaBackend.compile_ahead`` runs this in a
+    process of its own. The arrays' forward pass is the NumPy backend's: no forward driver here."""
     from ..cells import CELLS
 
     cell, dtype = CELLS[cell_name], np.dtype(dtype_name)
@@ -102,12 +103,17 @@ def compile_here(cell_name, dtype_name):
     G = cell.gates * H
     xw, Wh, dhs, bh = arrays((T, N, G), (H, G), (N, T, H), (G,))
     states0 = arrays(*[(N, H)] * len(cell.states))
-    hs, gates, saved = NumpyBackend().recurrence_forward(cell, xw, states0, Wh, bh if cell.recurrent_bias else None)
-    be.recurrence_backward(cell, dhs.transpose(1, 0, 2), hs, gates, saved, states0, Wh)  # dhs as a layer passes it
     x, dxw, h_ones, dhw, dWx, dWh, Wx, dx = arrays((T * N, D), (T * N, G), (T * N, H + 1), (T * N, G), (D, G),
                                                     (H + 1, G), (D, G), (T * N, D))
+    ids = None if ids_dtype_name is None else rng.integers(0, D, T * N).astype(ids_dtype_name)
+    if ids is not None:  # the loss comes before the backward pass
+        be.softmax_cross_entropy(dxw, ids)
+    hs, gates, saved = NumpyBackend().recurrence_forward(cell, xw, states0, Wh, bh if cell.recurrent_bias else None)
+    be.recurrence_backward(cell, dhs.transpose(1, 0, 2), hs, gates, saved, states0, Wh)  # dhs as a layer passes it
     be.matmuls([(x.T, dxw, dWx), (h_ones.T, dhw, dWh), (dxw, Wx.T, dx)])  # as Recurrent._segment_grads
     be.sum_rows(dxw, arrays((G,))[0])
+    if ids is not None:
+        be.embedding_scatter_add(dWx, ids, dxw[:, :G])
     be.axpy_(-0.1, dWx, Wx)
 
 
@@ -128,19 +134,21 @@ class NumbaBackend(NumpyBackend):
         self._cells = {}
         self._ahead = {}  # (cell, dtype) -> the process compiling ahead for them
 
-    def compile_ahead(self, cell, dtype):
+    def compile_ahead(self, cell, dtype, ids_dtype=None):
         """Compile, in a process of its own, what a training of ``cell`` needs after its forward
-        recurrence (``compile_here``: the backward driver, the gradient GEMMs, the column sum,
-        the optimizer's update) into Numba's cache, while this process compiles the forward
-        ones; its backward then loads them. Numba compiles on one core: on two, a cold first
-        iteration of an LSTM's training took about 12 s instead of 18. Only where the cache
-        lacks the cell's backward driver for the dtype; RNNCORE_COMPILE_AHEAD=0 turns it off."""
+        recurrence (``compile_here``: the backward driver, the gradient GEMMs, with ``ids_dtype``
+        the softmax and the embedding's gradient, the column sum, the optimizer's update) into
+        Numba's cache, while this process compiles the forward ones; its first backward waits
+        for that process and then loads them (racing it, each compiled some of them again).
+        Numba compiles on one core: on two, a cold first iteration of an LSTM's training took
+        12-15 s instead of 19-22. Only where the cache lacks the cell's backward driver for the
+        dtype; RNNCORE_COMPILE_AHEAD=0 turns it off."""
         dtype = np.dtype(dtype)
-        key = (cell.name, dtype.name)
-        if key in self._ahead or os.environ.get("RNNCORE_COMPILE_AHEAD") == "0" or _backward_cached(cell, dtype):
+        key = (cell.name, dtype.name, None if ids_dtype is None else np.dtype(ids_dtype).name)
+        if key[:2] in self._ahead or os.environ.get("RNNCORE_COMPILE_AHEAD") == "0" or _backward_cached(cell, dtype):
             return
         code = f"from rnncore.backends.numba_backend import compile_here; compile_here{key!r}"
-        self._ahead[key] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
+        self._ahead[key[:2]] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # dense algebra ---------------------------------------------------------------------
@@ -259,6 +267,9 @@ class NumbaBackend(NumpyBackend):
         return hs, xw, saved
 
     def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
+        ahead = self._ahead.pop((cell.name, hs.dtype.name), None)
+        if ahead is not None:  # it compiles what comes now: wait, then load (not compile it twice)
+            ahead.wait()
         _, N, H = hs.shape
         dstates = tuple(self.initial_grad(g, s) for g, s in zip(dstates_T or [None] * len(cell.states), states0))
         # a new dxw where the gates are h (not to be written) or where its n block differs from dhw's (the GRU)
