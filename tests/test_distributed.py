@@ -238,6 +238,27 @@ def _mpi_flavour():
     return "openmpi" if "Open MPI" in out.stdout + out.stderr else "other"
 
 
+def _signal_slow_run(folder, extra, *signals):
+    """``mpiexec -n 2`` training (SLOW_DRIVER, two epochs) in ``folder``, sent ``signals`` half a
+    second apart once it has started; returns the process (ended) and its stderr."""
+    args = TINY + ["--backend", "numpy", "--epochs", "2", *extra]
+    command = ["mpiexec", "-n", "2", "--oversubscribe", sys.executable, "-c", SLOW_DRIVER, "train", *args]
+    proc = subprocess.Popen(command, cwd=folder, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (folder / "started").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.02)
+        for k, sig in enumerate(signals):
+            time.sleep(0.5 if k else 0)
+            proc.send_signal(sig)
+        return proc, proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
 @needs_mpi
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_a_signal_to_mpiexec_stops_all_ranks_and_rank_0_saves_once(tmp_path, sig):
@@ -247,21 +268,7 @@ def test_a_signal_to_mpiexec_stops_all_ranks_and_rank_0_saves_once(tmp_path, sig
     and save again; rank 0 says so in one line; the run then resumes to the end."""
     if _mpi_flavour() != "openmpi":
         pytest.skip("the launcher's signal handling tested here is Open MPI's")
-    args = TINY + ["--backend", "numpy", "--checkpoint", "m.npz", "--epochs", "2"]
-    command = ["mpiexec", "-n", "2", "--oversubscribe", sys.executable, "-c", SLOW_DRIVER, "train", *args]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "started").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        proc.send_signal(getattr(signal, sig))
-        _, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, stderr = _signal_slow_run(tmp_path, ["--checkpoint", "m.npz"], getattr(signal, sig))
     assert proc.returncode == 1, stderr  # Open MPI's mpiexec: 1 after any Ctrl-C or SIGTERM
     assert stderr.count("stopped") == 1, stderr
     stopped = [line for line in stderr.splitlines() if "stopped" in line]
@@ -283,23 +290,8 @@ def test_ctrl_z_then_fg_on_mpiexec_saves_and_goes_on(tmp_path):
     and lets them go on; the SIGCONT that reaches them asks for one save, not for a stop."""
     if _mpi_flavour() != "openmpi":
         pytest.skip("the launcher's signal handling tested here is Open MPI's")
-    args = TINY + ["--backend", "numpy", "--checkpoint", "m.npz", "--epochs", "2", "--metrics", "m.json"]
-    command = ["mpiexec", "-n", "2", "--oversubscribe", sys.executable, "-c", SLOW_DRIVER, "train", *args]
-    proc = subprocess.Popen(command, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "started").exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTSTP)
-        time.sleep(0.5)
-        proc.send_signal(signal.SIGCONT)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, stderr = _signal_slow_run(tmp_path, ["--checkpoint", "m.npz", "--metrics", "m.json"], signal.SIGTSTP,
+                                    signal.SIGCONT)
     assert proc.returncode == 0 and "stopped" not in stderr, stderr
     assert len(_metrics(tmp_path / "m.json")["epochs"]) == 2
 
