@@ -80,6 +80,9 @@ def _rows_by_work(lengths, threads):
     return np.concatenate(([0], np.minimum(cuts, len(lengths)), [len(lengths)])).astype(np.int64)
 
 
+COMPILE_AHEAD_WAIT_S = 120
+
+
 def _backward_cached(cell, dtype):
     """Whether Numba's cache holds the cell's backward driver for ``dtype`` (any variant)."""
     driver = _kernels.numba_module(f"{cell.name}_numba").backward
@@ -269,7 +272,10 @@ class NumbaBackend(NumpyBackend):
     def recurrence_backward(self, cell, dhs, hs, gates, saved, states0, Wh, dstates_T=None, scale=None, lengths=None):
         ahead = self._ahead.pop((cell.name, hs.dtype.name), None)
         if ahead is not None:  # it compiles what comes now: wait, then load (not compile it twice)
-            ahead.wait()
+            try:
+                ahead.wait(timeout=COMPILE_AHEAD_WAIT_S)
+            except subprocess.TimeoutExpired:  # stuck (it takes ~10 s): compile here instead
+                ahead.kill()
         _, N, H = hs.shape
         dstates = tuple(self.initial_grad(g, s) for g, s in zip(dstates_T or [None] * len(cell.states), states0))
         # a new dxw where the gates are h (not to be written) or where its n block differs from dhw's (the GRU)
