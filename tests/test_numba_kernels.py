@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -409,7 +411,32 @@ def test_compiling_ahead_fills_the_cache_the_backward_then_loads(tmp_path):
         assert not fresh._ahead
         print("ok")
     """)
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "RNNCORE_COMPILE_AHEAD": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                         check=False)
+    script, work = tmp_path / "check.py", tmp_path / "work"
+    script.write_text(code)
+    work.mkdir()  # the user's folder: a module there must not stand in for a library in the child
+    (work / "threadpoolctl.py").write_text("open('shadowed', 'w').close()")
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache"), "RNNCORE_COMPILE_AHEAD": "1"}
+    out = subprocess.run([sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True,
+                         timeout=300, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    assert not (work / "shadowed").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a parent-death signal is Linux's")
+def test_the_compiling_process_ends_with_its_parent(tmp_path):
+    code = textwrap.dedent("""
+        import os, numpy as np, rnncore
+        from rnncore.cells import LSTM
+        be = rnncore.get_backend("numba")
+        be.compile_ahead(LSTM, np.float32)
+        print(be._ahead[("lstm", "float32")].pid, flush=True)
+        os._exit(0)  # dies before its first backward
+    """)
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "RNNCORE_COMPILE_AHEAD": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    stat = Path(f"/proc/{int(out.stdout)}/stat")
+    deadline = time.monotonic() + 10  # it compiles for 10 s or more when left alone
+    while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

@@ -130,7 +130,7 @@ class Trainer:
         """Train until ``epochs`` epochs are done; returns the per-epoch history."""
         self._check_corpus()
         if self.comm.rank == 0:  # the cache is shared: one rank compiles ahead for all
-            ids = getattr(self.batches, "ids", None)
+            ids = next((getattr(self.batches, a) for a in ("ids", "ts") if hasattr(self.batches, a)), None)
             for cell in {layer.cell for layer in getattr(self.model, "rnn_layers", ())}:
                 self.model.backend.compile_ahead(cell, self.model.dtype, getattr(ids, "dtype", None))
         per_epoch = len(self.batches)

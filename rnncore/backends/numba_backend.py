@@ -85,8 +85,10 @@ COMPILE_AHEAD_WAIT_S = 120
 
 def _backward_cached(cell, dtype):
     """Whether Numba's cache holds the cell's backward driver for ``dtype`` (any variant)."""
-    driver = _kernels.numba_module(f"{cell.name}_numba").backward
-    return any(dtype.name in str(key) for key in driver._cache._cache_file._load_index())
+    cache = getattr(_kernels.numba_module(f"{cell.name}_numba").backward, "_cache", None)
+    if cache is None:  # not a compiled kernel (NUMBA_DISABLE_JIT): nothing to compile ahead
+        return True
+    return any(dtype.name in str(key) for key in cache._cache_file._load_index())
 
 
 def compile_here(cell_name, dtype_name, ids_dtype_name=None):
@@ -150,9 +152,15 @@ class NumbaBackend(NumpyBackend):
         key = (cell.name, dtype.name, None if ids_dtype is None else np.dtype(ids_dtype).name)
         if key[:2] in self._ahead or os.environ.get("RNNCORE_COMPILE_AHEAD") == "0" or _backward_cached(cell, dtype):
             return
-        code = f"from rnncore.backends.numba_backend import compile_here; compile_here{key!r}"
+        # The child imports what this process would (its sys.path, not the working folder that
+        # `python -c` puts first) and ends with this process (Linux: a parent-death signal).
+        path = [p or os.getcwd() for p in sys.path]
+        code = (f"import ctypes, os, sys; sys.path[:] = {path!r}\n"
+                f"if sys.platform.startswith('linux'): ctypes.CDLL(None).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM\n"
+                f"if os.getppid() == {os.getpid()}:\n"
+                f"    from rnncore.backends.numba_backend import compile_here; compile_here{key!r}")
         self._ahead[key[:2]] = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     # dense algebra ---------------------------------------------------------------------
     @staticmethod
@@ -276,6 +284,7 @@ class NumbaBackend(NumpyBackend):
                 ahead.wait(timeout=COMPILE_AHEAD_WAIT_S)
             except subprocess.TimeoutExpired:  # stuck (it takes ~10 s): compile here instead
                 ahead.kill()
+                ahead.wait()
         _, N, H = hs.shape
         dstates = tuple(self.initial_grad(g, s) for g, s in zip(dstates_T or [None] * len(cell.states), states0))
         # a new dxw where the gates are h (not to be written) or where its n block differs from dhw's (the GRU)
