@@ -508,8 +508,8 @@ class Recurrent(Layer):
             x_flat, flat, flat_h, h_ones = x_flat[rows], flat[rows], flat_h[rows], h_ones[rows]
         dWx, dWh_db, dbx = self.grads[0], self._dWh_db, self.grads[2] if self.cell.recurrent_bias else None
         if not len(x_flat):  # no step within the lengths: nothing flows back
-            if not accumulate:
-                for g in (dWx, dWh_db, dbx) if dbx is not None else (dWx, dWh_db):
+            for g in (dWx, dWh_db, dbx):
+                if g is not None and not accumulate:
                     g[...] = 0
             return xp.zeros((T, N, D), dtype=self.dtype)
         if accumulate:

@@ -48,6 +48,18 @@ def assert_same(a, b):
         np.testing.assert_array_equal(x, y)
 
 
+def assert_reseeds_alike(be, state, seed_before=None):
+    """Resuming ``state`` twice warns that it re-seeds, and both times gives the same draws."""
+    runs = []
+    for _ in range(2):
+        if seed_before is not None:
+            be.seed(seed_before)
+        with pytest.warns(RuntimeWarning, match=RESEEDED):
+            be.set_rng_state(state)
+        runs.append(draws(be))
+    assert_same(runs[0], runs[1])
+
+
 def no_warning_set(be, state):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -129,13 +141,7 @@ def test_a_cpu_rng_state_resumed_on_emulated_cupy_reseeds_deterministically_and_
     cpu.seed(11)
     state = saved(cpu)
     gpu = fresh("cupy-emu")
-    runs = []
-    for _ in range(2):
-        gpu.seed(1)
-        with pytest.warns(RuntimeWarning, match=RESEEDED):
-            gpu.set_rng_state(state)
-        runs.append(draws(gpu))
-    assert_same(runs[0], runs[1])
+    assert_reseeds_alike(gpu, state, seed_before=1)
     expected = draws(gpu)  # and its own state round-trips exactly after that
     gpu_state = saved(gpu)
     more = draws(gpu)
@@ -161,13 +167,7 @@ def _nested(depth):
                                    {"bit_generator": "x", 1: 2},  # keys JSON cannot sort
                                    _nested(10_000)])  # deeper than JSON can write
 def test_a_malformed_or_foreign_numpy_state_reseeds_instead_of_raising(name, state):
-    be = fresh(name)
-    runs = []
-    for _ in range(2):
-        with pytest.warns(RuntimeWarning, match=RESEEDED):
-            be.set_rng_state(state)
-        runs.append(draws(be))
-    assert_same(runs[0], runs[1])
+    assert_reseeds_alike(fresh(name), state)
 
 
 @pytest.mark.parametrize("state", [{"state": "not base64!"}, {"state": "AAE="}, {}, {"state": 7}],
@@ -177,9 +177,4 @@ def test_a_malformed_cupy_state_reseeds_on_cupy(state):
     form = {**saved(gpu), **state}
     if not state:
         del form["state"]
-    runs = []
-    for _ in range(2):
-        with pytest.warns(RuntimeWarning, match=RESEEDED):
-            gpu.set_rng_state(form)
-        runs.append(draws(gpu))
-    assert_same(runs[0], runs[1])
+    assert_reseeds_alike(gpu, form)

@@ -179,7 +179,8 @@ class Trainer:
                     raise TrainingInterrupted(self._interrupted_message(), stopping)
                 if save_now:
                     self._save_last()
-                    stop.save = stop.save and not save_asked  # done: a SIGCONT since asks again
+                    if save_asked:  # done; a SIGCONT since asks again
+                        stop.save = False
 
     def _gradients(self, xs, ts, stop):
         """Loss and gradients of the batch; data parallel, of this rank's rows, weighted by their

@@ -118,7 +118,7 @@ def compile_here(cell_name, dtype_name, ids_dtype_name=None):
     be.matmuls([(x.T, dxw, dWx), (h_ones.T, dhw, dWh), (dxw, Wx.T, dx)])  # as Recurrent._segment_grads
     be.sum_rows(dxw, arrays((G,))[0])
     if ids is not None:
-        be.embedding_scatter_add(dWx, ids, dxw[:, :G])
+        be.embedding_scatter_add(dWx, ids, dxw)
     be.axpy_(-0.1, dWx, Wx)
 
 
